@@ -1,0 +1,160 @@
+"""baremail-pop3: performs the POP3 engine's events against the Maildir."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from . import pop3
+from .journal import fields
+from .maildir import MaildirError
+from .service import Server, Session
+
+log = logging.getLogger("baremail-pop3")
+
+# Messages up to this size are sent in one write without leaving the event
+# loop's callback; larger ones are streamed with flow control.
+_SMALL = 1 << 18
+_CHUNK = 1 << 18
+
+
+class POP3Connection(Session):
+    def __init__(self, server: Server, listener: str):
+        super().__init__(server, listener)
+        self.engine: pop3.POP3Session | None = None
+        self._retrieved = 0
+        self._octets = 0
+        self._deleted = 0
+        self._task: asyncio.Task | None = None
+
+    def refusal(self) -> bytes:
+        return b"-ERR [SYS/TEMP] Too many sessions, try again later\r\n"
+
+    def timeout_seconds(self) -> float:
+        return self.config.pop3_timeout
+
+    @property
+    def busy(self) -> bool:
+        return self.engine is not None and self.engine.busy
+
+    def begin(self) -> None:
+        self.engine = pop3.POP3Session(self.config.host_name, open_mailbox=self._snapshot)
+        self._perform(self.engine.start())
+
+    def feed(self, data: bytes) -> None:
+        self._perform(self.engine.receive(data))
+
+    def expire(self) -> None:
+        self._perform(self.engine.timeout())
+
+    def stop(self) -> None:
+        if self.engine is not None:
+            self._perform(self.engine.shutdown())
+        else:
+            self.close()
+
+    def lost(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self.engine is not None:
+            log.info("session from %s ended: retrieved %d (%d octets), deleted %d",
+                     self.peer, self._retrieved, self._octets, self._deleted,
+                     extra=fields(PEER=self.peer, RETRIEVED=self._retrieved,
+                                  OCTETS=self._octets, DELETED=self._deleted))
+
+    # -- events -----------------------------------------------------------
+
+    def _snapshot(self) -> list:
+        # The engine calls this once, on entering TRANSACTION. A broken
+        # Maildir shows as an empty one; the journal says why.
+        try:
+            maildir = self.server.maildir.get()
+            maildir.clean_tmp()
+            return maildir.snapshot()
+        except MaildirError as exc:
+            log.error("cannot list the Maildir for %s: %s", self.peer, exc, extra=fields(PEER=self.peer))
+            return []
+
+    def _perform(self, events: list) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is pop3.Send:
+                self.write(event.data)
+            elif kind is pop3.Retrieve:
+                self._retrieve(event)
+            elif kind is pop3.Update:
+                self._update(event.deleted)
+            elif kind is pop3.Close:
+                self.close()
+
+    def _retrieve(self, event: pop3.Retrieve) -> None:
+        try:
+            reader = self.server.maildir.get().open_wire(event.message)
+        except MaildirError:
+            self.write(event.missing_reply)
+            self._perform(self.engine.retrieved(False))
+            return
+        if event.message.size <= _SMALL:
+            try:
+                data = reader.read(_SMALL + 1)
+            finally:
+                reader.close()
+            encoder = pop3.MultilineEncoder(event.lines)
+            self.write(event.ok_reply + encoder.feed(data) + encoder.finish())
+            self._retrieved_ok(event)
+            return
+        self.pause()
+        self._task = asyncio.get_running_loop().create_task(self._stream(event, reader))
+
+    async def _stream(self, event: pop3.Retrieve, reader) -> None:
+        encoder = pop3.MultilineEncoder(event.lines)
+        try:
+            self.write(event.ok_reply)
+            while not self.closed and not encoder.done:
+                chunk = reader.read(_CHUNK)
+                if not chunk:
+                    break
+                self.write(encoder.feed(chunk))
+                await self.drain()
+            self.write(encoder.finish())
+        finally:
+            reader.close()
+        self._task = None
+        if self.closed:
+            return
+        self._retrieved_ok(event)
+        self.resume()
+        self.server.stop_if_idle(self)
+
+    def _retrieved_ok(self, event: pop3.Retrieve) -> None:
+        message = event.message
+        if event.lines is None:
+            self._retrieved += 1
+            self._octets += message.size
+            self.server.count("retrieved")
+            log.info("retrieved %s size=%d peer=%s", message.key, message.size, self.peer,
+                     extra=fields(MAILID=message.key, SIZE=message.size, PEER=self.peer,
+                                  LISTENER=self.listener))
+            try:
+                self.server.maildir.get().mark_seen(message)
+            except MaildirError as exc:
+                log.error("cannot mark %s as seen: %s", message.key, exc)
+        self._perform(self.engine.retrieved(True))
+
+    def _update(self, deleted: tuple) -> None:
+        maildir = self.server.maildir.get()
+        for message in deleted:
+            try:
+                removed = maildir.remove(message)
+            except MaildirError as exc:
+                log.error("cannot delete %s: %s", message.key, exc, extra=fields(MAILID=message.key))
+                continue
+            if removed:
+                self._deleted += 1
+                self.server.count("deleted")
+                log.info("deleted %s peer=%s", message.key, self.peer,
+                         extra=fields(MAILID=message.key, PEER=self.peer))
+
+
+def make_server(load_config) -> Server:
+    return Server("baremail-pop3", load_config, POP3Connection, lambda config: config.pop3_listen)

@@ -1,0 +1,427 @@
+"""The asyncio runtime both services share.
+
+It takes the listening sockets systemd passes (or binds its own in dev mode),
+runs one `Session` per connection, tells systemd how it is doing (READY=1,
+STATUS=, WATCHDOG=1, STOPPING=1), exits when idle so that socket activation
+starts it again on demand, stops gracefully on SIGTERM and re-reads its
+configuration on SIGHUP. What a session *does* lives in the protocol glue
+(smtpd.py, pop3d.py); this module knows nothing of SMTP or POP3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Callable
+
+from . import config as configuration
+from .journal import fields
+from .maildir import Maildir, MaildirError
+
+log = logging.getLogger("baremail")
+
+EX_OK = 0
+EX_SOFTWARE = 70
+EX_OSERR = 71
+
+
+class Session(asyncio.Protocol):
+    """One client connection. Subclasses drive a protocol engine.
+
+    A subclass implements `begin()`, `feed(data)`, `expire()`, `refuse()`,
+    `stop()` and `busy`; the base class does registration, timeouts, flow
+    control and bookkeeping."""
+
+    def __init__(self, server: "Server", listener: str):
+        self.server = server
+        self.config = server.config
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.peer = "unknown"
+        self.closed = False
+        self._last_activity = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    # -- asyncio.Protocol -------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.peer = _format_peer(transport.get_extra_info("peername"))
+        if not self.server.admit(self):
+            self.write(self.refusal())
+            self.close()
+            return
+        log.debug("session from %s on %s", self.peer, self.listener,
+                  extra=fields(PEER=self.peer, LISTENER=self.listener))
+        self._arm_timer()
+        self.begin()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_activity = time.monotonic()
+        if not self.closed:
+            self.feed(data)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def drain(self) -> None:
+        """Wait until the transport's buffer has room (flow control for big writes)."""
+        await self._writable.wait()
+
+    def eof_received(self):
+        return False  # close our side too: a half-closed client is done
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._writable.set()  # wake a writer waiting in drain(): it checks `closed`
+        self.lost()
+        self.server.release(self)
+
+    # -- for subclasses ---------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+    def pause(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.resume_reading()
+
+    def touch(self) -> None:
+        self._last_activity = time.monotonic()
+
+    # Hooks for the protocol glue. timeout_seconds() and refusal() have no
+    # sensible generic answer, so every subclass defines them.
+    def begin(self) -> None:
+        """The session was admitted: greet the client."""
+
+    def feed(self, data: bytes) -> None:
+        """Bytes arrived from the client."""
+
+    def expire(self) -> None:
+        """The client was silent for timeout_seconds(): tell it and close."""
+
+    def stop(self) -> None:
+        """The service is stopping: tell the client and close."""
+
+    def lost(self) -> None:
+        """The connection is gone: drop whatever was in progress."""
+
+    @property
+    def busy(self) -> bool:
+        """True while a transfer is in progress that a graceful stop should let finish."""
+        return False
+
+    # -- timeouts ---------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        # One timer per session, re-armed only when it fires: data_received
+        # just records the time, which keeps the hot path cheap.
+        limit = self.timeout_seconds()
+        if limit <= 0:
+            return
+        remaining = self._last_activity + limit - time.monotonic()
+        self._timer = asyncio.get_running_loop().call_later(max(remaining, 0.01), self._check_timeout)
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        limit = self.timeout_seconds()
+        if limit > 0 and time.monotonic() - self._last_activity >= limit:
+            log.info("session from %s timed out after %g s of silence", self.peer, limit,
+                     extra=fields(PEER=self.peer))
+            self.expire()
+        else:
+            self._arm_timer()
+
+
+def _format_peer(address) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address or "local")
+
+
+class MaildirHolder:
+    """The service's Maildir, opened lazily so that a broken path gives each
+    client a 451 and the journal an error, instead of a crash loop."""
+
+    def __init__(self, server: Server):
+        self._server = server
+        self._maildir: Maildir | None = None
+        self._failed: str | None = None
+
+    def reset(self) -> None:
+        self._maildir = None
+        self._failed = None
+
+    def get(self) -> Maildir:
+        if self._maildir is None:
+            config = self._server.config
+            try:
+                self._maildir = Maildir(config.maildir, config.host_name)
+            except MaildirError as exc:
+                if str(exc) != self._failed:
+                    log.error("%s", exc)
+                    self._failed = str(exc)
+                raise
+        return self._maildir
+
+
+class Notifier:
+    """sd_notify through the `sdnotify` package; silent without NOTIFY_SOCKET."""
+
+    def __init__(self):
+        self._notifier = None
+        if os.environ.get("NOTIFY_SOCKET"):
+            import sdnotify
+            self._notifier = sdnotify.SystemdNotifier()
+
+    def __call__(self, state: str) -> None:
+        if self._notifier is not None:
+            self._notifier.notify(state)
+
+
+class Server:
+    """Runs one service: sockets in, sessions out, systemd kept informed."""
+
+    def __init__(self, name: str, load_config: Callable[[], configuration.Config],
+                 session_factory: Callable[["Server", str], Session],
+                 listen: Callable[[configuration.Config], tuple]):
+        self.name = name
+        self._load_config = load_config
+        self._session_factory = session_factory
+        self._listen = listen
+        self.config = load_config()
+        self.sessions: set[Session] = set()
+        self.counters: dict[str, int] = {}
+        self.notify = Notifier()
+        self.stopping = False
+        self._servers: list[asyncio.AbstractServer] = []
+        self._done: asyncio.Future | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._status_pending = False
+        self._single = False
+        self.socket_activated = False
+        self.maildir = MaildirHolder(self)
+
+    # -- sessions ---------------------------------------------------------
+
+    def admit(self, session: Session) -> bool:
+        if self.stopping or len(self.sessions) >= self.config.max_sessions:
+            self.count("refused")
+            log.warning("refused session from %s: %s", session.peer,
+                        "stopping" if self.stopping else f"{len(self.sessions)} sessions open (max_sessions)",
+                        extra=fields(PEER=session.peer))
+            return False
+        self.sessions.add(session)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self.status_changed()
+        return True
+
+    def release(self, session: Session) -> None:
+        if session not in self.sessions:
+            return
+        self.sessions.discard(session)
+        self.status_changed()
+        if not self.sessions:
+            if self.stopping or self._single:
+                self._finish()
+            else:
+                self._arm_idle()
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + amount
+        self.status_changed()
+
+    # -- systemd status ---------------------------------------------------
+
+    def status_text(self) -> str:
+        parts = [f"{len(self.sessions)} session{'s' if len(self.sessions) != 1 else ''} open"]
+        parts += [f"{value} {name}" for name, value in self.counters.items()]
+        return ", ".join(parts)
+
+    def status_changed(self) -> None:
+        # Coalesce: under load, one STATUS= datagram per 200 ms is plenty.
+        if self._status_pending or self._done is None:
+            return
+        self._status_pending = True
+        asyncio.get_running_loop().call_later(0.2, self._send_status)
+
+    def _send_status(self) -> None:
+        self._status_pending = False
+        if not self.stopping:
+            self.notify("STATUS=" + self.status_text())
+
+    def _start_watchdog(self) -> None:
+        usec = os.environ.get("WATCHDOG_USEC")
+        pid = os.environ.get("WATCHDOG_PID")
+        if not usec or (pid and pid != str(os.getpid())):
+            return
+        try:
+            interval = int(usec) / 2e6
+        except ValueError:
+            return
+        loop = asyncio.get_running_loop()
+
+        def ping() -> None:
+            # Runs on the event loop: a stalled loop stops pinging, which is
+            # exactly what systemd's watchdog is meant to notice.
+            self.notify("WATCHDOG=1")
+            loop.call_later(interval, ping)
+
+        ping()
+
+    # -- idle exit, stop, reload ------------------------------------------
+
+    def _arm_idle(self) -> None:
+        # Only a socket-activated service may exit when idle: systemd keeps
+        # the listening socket and starts us again on the next connection.
+        idle = self.config.idle_exit
+        if idle <= 0 or not self.socket_activated or self.stopping:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = asyncio.get_running_loop().call_later(idle, self._idle_exit)
+
+    def _idle_exit(self) -> None:
+        self._idle_timer = None
+        if self.sessions or self.stopping:
+            return
+        log.debug("no session for %g s: exiting until the next connection", self.config.idle_exit)
+        self._begin_stop(graceful=True)
+
+    def _begin_stop(self, graceful: bool) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.notify("STOPPING=1")
+        for server in self._servers:
+            server.close()
+        if not self.sessions:
+            self._finish()
+            return
+        for session in list(self.sessions):
+            if not session.busy:
+                session.stop()
+        if self.sessions:
+            grace = self.config.stop_timeout
+            log.info("stopping: letting %d transfer(s) finish within %g s", len(self.sessions), grace)
+            asyncio.get_running_loop().call_later(grace, self._stop_now)
+
+    def _stop_now(self) -> None:
+        for session in list(self.sessions):
+            session.stop()
+        # Sessions whose transport never drains still must not keep us alive.
+        asyncio.get_running_loop().call_later(2.0, self._finish)
+
+    def stop_if_idle(self, session: Session) -> None:
+        """Called by a session whose transfer just finished during a stop."""
+        if self.stopping and not session.busy and not session.closed:
+            session.stop()
+
+    def _finish(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def _reload(self) -> None:
+        try:
+            new = self._load_config()
+        except configuration.ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        self.config = new
+        self.maildir.reset()
+        log.info("configuration reloaded from %s", new.source)
+        self.notify("RELOADING=1")
+        self.notify("READY=1\nSTATUS=" + self.status_text())
+
+    # -- sockets ----------------------------------------------------------
+
+    def _passed_sockets(self) -> list[tuple[socket.socket, str]]:
+        if not os.environ.get("LISTEN_FDS"):
+            return []
+        from systemd import daemon
+        names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+        fds = daemon.listen_fds(unset_environment=True)
+        os.environ.pop("LISTEN_FDNAMES", None)
+        passed = []
+        for index, fd in enumerate(fds):
+            sock = socket.socket(fileno=fd)
+            name = names[index] if index < len(names) and names[index] else f"fd{fd}"
+            passed.append((sock, name))
+        return passed
+
+    async def _open(self, loop: asyncio.AbstractEventLoop, addresses: tuple) -> None:
+        passed = self._passed_sockets()
+        factory = self._session_factory
+        if passed:
+            self.socket_activated = True
+            for sock, name in passed:
+                sock.setblocking(False)
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    server = await loop.create_server(lambda name=name: factory(self, name), sock=sock,
+                                                      backlog=1024)
+                    self._servers.append(server)
+                    log.debug("serving on %s (%s)", _format_peer(sock.getsockname()), name)
+                else:
+                    # Accept=yes: systemd accepted the connection for us.
+                    self._single = True
+                    await loop.connect_accepted_socket(lambda name=name: factory(self, name), sock=sock)
+            return
+        for address in addresses:
+            host, port = configuration.parse_address(address)
+            server = await loop.create_server(lambda address=address: factory(self, address),
+                                              host=host or None, port=port, reuse_address=True,
+                                              backlog=1024)
+            self._servers.append(server)
+            log.info("listening on %s", address)
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        try:
+            await self._open(loop, self._listen(self.config))
+        except OSError as exc:
+            log.error("cannot listen: %s", exc)
+            return EX_OSERR
+        loop.add_signal_handler(signal.SIGTERM, self._begin_stop, True)
+        loop.add_signal_handler(signal.SIGINT, self._begin_stop, True)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        self._start_watchdog()
+        self.notify("READY=1\nSTATUS=" + self.status_text())
+        if not self.sessions and not self._single:
+            self._arm_idle()
+        await self._done
+        for server in self._servers:
+            server.close()
+        return EX_OK
+
+    def run(self) -> int:
+        try:
+            return asyncio.run(self.serve())
+        except KeyboardInterrupt:
+            return EX_OK
