@@ -37,6 +37,7 @@ class Config:
     data_timeout: float = 180.0
     pop3_listen: tuple = ("127.0.0.1:1100",)
     pop3_timeout: float = 600.0
+    sendmail_server: str = "127.0.0.1:25"
 
     @property
     def host_name(self) -> str:
@@ -71,6 +72,11 @@ def _addresses(text: str) -> tuple:
     return items
 
 
+def _address(text: str) -> str:
+    parse_address(text.strip())
+    return text.strip()
+
+
 def _text(text: str) -> str:
     return text.strip()
 
@@ -96,9 +102,8 @@ _KEYS: Mapping[tuple, tuple] = {
     ("smtp", "data_timeout"): ("data_timeout", _seconds),
     ("pop3", "listen"): ("pop3_listen", _addresses),
     ("pop3", "timeout"): ("pop3_timeout", _seconds),
+    ("sendmail", "server"): ("sendmail_server", _address),
 }
-# Sections other programs of the project may read; their keys are theirs.
-_OTHER_SECTIONS = {"sendmail"}
 
 
 def parse_address(text: str) -> tuple:
@@ -152,8 +157,6 @@ def _read(path: str) -> dict:
         raise ConfigError(f"{path}: not a valid INI file: {first}") from None
     values = {}
     for section in parser.sections():
-        if section in _OTHER_SECTIONS:
-            continue
         for key, raw in parser.items(section):
             entry = _KEYS.get((section, key))
             if entry is None:
