@@ -362,8 +362,9 @@ def test_accept_yes_socket_serves_one_session_and_exits(tmp_path):
             client.sendmail("a@b", ["c@d"], b"Subject: inetd style\r\n\r\nx\r\n")
         # the per-connection instance exits by itself once the session ends
         deadline = time.monotonic() + 10
-        while "Child" not in log.read_text() and time.monotonic() < deadline:
+        while "died with code" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert "died with code 0" in log.read_text()
         assert len(stored_messages(tmp_path / "Maildir")) == 1
     finally:
         os.killpg(process.pid, signal.SIGTERM)
