@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import functools
 import os
 import socket
 from dataclasses import dataclass
@@ -39,9 +40,11 @@ class Config:
     pop3_timeout: float = 600.0
     sendmail_server: str = "127.0.0.1:25"
 
-    @property
+    @functools.cached_property
     def host_name(self) -> str:
-        return self.hostname or socket.getfqdn() or socket.gethostname()
+        # gethostname(), not getfqdn(): a DNS lookup could stall start-up on
+        # a machine whose resolver is down, which is when mail matters most.
+        return self.hostname or socket.gethostname()
 
 
 def _number(kind, text: str):

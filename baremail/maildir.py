@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterable
@@ -196,7 +197,15 @@ class Maildir:
             raise _error("use Maildir", exc) from None
         if not os.path.isdir(os.path.join(self.path, "new")):
             raise MaildirError(f"cannot use Maildir {self.path}: new/ is not a directory")
-        self._new_fd: int | None = None
+        try:
+            self._new_fd = os.open(os.path.join(self.path, "new"), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _error("use Maildir", exc) from None
+        self._sync_lock = threading.Lock()
+        self._sync_done = threading.Condition(self._sync_lock)
+        self._sync_running = False
+        self._syncs_started = 0
+        self._syncs_done = 0
 
     # -- delivery ---------------------------------------------------------
 
@@ -224,10 +233,28 @@ class Maildir:
         return delivery.commit()
 
     def sync_new(self) -> None:
-        """fsync new/ so that renames into it survive a crash."""
-        if self._new_fd is None:
-            self._new_fd = os.open(os.path.join(self.path, "new"), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        os.fsync(self._new_fd)
+        """fsync new/ so that every rename into it done before this call survives a crash.
+
+        Group commit: concurrent callers share one fsync of the directory,
+        but each waits for an fsync that *started after* it was called, so
+        its own rename is covered."""
+        with self._sync_lock:
+            needed = self._syncs_started + 1
+            while self._syncs_done < needed:
+                if self._sync_running:
+                    self._sync_done.wait()
+                    continue
+                self._sync_running = True
+                self._syncs_started += 1
+                generation = self._syncs_started
+                self._sync_lock.release()
+                try:
+                    os.fsync(self._new_fd)
+                finally:
+                    self._sync_lock.acquire()
+                    self._sync_running = False
+                    self._sync_done.notify_all()
+                self._syncs_done = generation
 
     # -- reading ----------------------------------------------------------
 
@@ -340,9 +367,9 @@ class Maildir:
         return removed
 
     def close(self) -> None:
-        if self._new_fd is not None:
+        if self._new_fd >= 0:
             os.close(self._new_fd)
-            self._new_fd = None
+            self._new_fd = -1
 
 
 def _order(key: str) -> tuple:

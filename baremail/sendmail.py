@@ -13,7 +13,6 @@ import email.utils
 import getpass
 import os
 import smtplib
-import socket
 import sys
 from dataclasses import dataclass, field
 
@@ -225,7 +224,7 @@ def main(argv=None) -> int:
         settings = configuration.load(configuration.find_config_file(options.config))
     except configuration.ConfigError as exc:
         return fail(configuration.EX_CONFIG, str(exc))
-    hostname = settings.hostname or socket.getfqdn()
+    hostname = settings.host_name
     message = read_message(sys.stdin.buffer, options.dot_ends_input)
     sender = options.sender if options.sender is not None else default_sender(hostname)
     message, recipients = complete(message, options, sender, hostname)

@@ -402,6 +402,10 @@ class Server:
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
+        # fsync waits on the disk, not the CPU: enough threads that every
+        # session committing at once gets one, so their fsyncs batch together.
+        from concurrent.futures import ThreadPoolExecutor
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="commit"))
         self._done = loop.create_future()
         try:
             await self._open(loop, self._listen(self.config))
