@@ -10,7 +10,7 @@ MAILDIR     ?= $(CURDIR)/Maildir
 APT_PACKAGES = python3 python3-systemd python3-sdnotify python3-pytest \
 	python3-hypothesis swaks curl fetchmail mpop systemd systemd-container \
 	mmdebstrap dpkg-dev debhelper dh-python pybuild-plugin-pyproject \
-	python3-setuptools python3-all
+	python3-setuptools python3-all man-db
 
 .PHONY: deps run test test-unit test-integration test-install deb bench clean
 
