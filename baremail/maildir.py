@@ -16,7 +16,6 @@ import errno
 import itertools
 import os
 import re
-import secrets
 import socket
 import threading
 import time
@@ -216,7 +215,7 @@ class Maildir:
         # pid + per-process counter make names unique between processes and
         # within one; the random part covers pid reuse after a restart.
         return (f"{sec}.M{usec:06d}P{os.getpid()}Q{next(self._counter)}"
-                f"R{secrets.token_hex(4)}.{self._host}")
+                f"R{os.urandom(4).hex()}.{self._host}")
 
     def begin(self) -> Delivery:
         return Delivery(self, self._unique_base())

@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import hashlib
 import os
 import re
 import time
@@ -251,6 +250,8 @@ def unique_id(key: str) -> str:
     """
     if 0 < len(key) <= _MAX_UNIQUE_ID and all(0x21 <= ord(c) <= 0x7E for c in key):
         return key
+    import hashlib  # rarely needed: only for keys that are not valid UIDLs
+
     return hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 

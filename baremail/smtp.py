@@ -26,7 +26,6 @@ import enum
 import re
 import time
 from dataclasses import dataclass
-from email.utils import formatdate
 
 
 # --- events ---------------------------------------------------------------
@@ -232,6 +231,13 @@ def _parse_path(text: str) -> tuple[str, str] | None:
         if not colon or not address:
             return None
     return address, match["params"].strip(" \t")
+
+
+def rfc5322_date(when: float) -> str:
+    """Local time as an RFC 5322 date. time.strftime, not email.utils: the
+    email package costs start-up time, and LC_TIME is "C" in Python, so
+    day and month names are always English."""
+    return time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime(when))
 
 
 def _decode_base64(text: str) -> bytes | None:
@@ -632,7 +638,7 @@ class SMTPSession:
                     f"\tby {self.hostname} (BareMail) with {protocol}")
         if len(envelope.rcpt_to) == 1:
             received += f"\r\n\tfor <{envelope.rcpt_to[0]}>"
-        received += f"; {formatdate(self._clock(), localtime=True)}"
+        received += f"; {rfc5322_date(self._clock())}"
         lines.append(received)
         return "".join(line + "\r\n" for line in lines).encode(
             "utf-8", "surrogateescape")
