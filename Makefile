@@ -10,9 +10,9 @@ MAILDIR     ?= $(CURDIR)/Maildir
 APT_PACKAGES = python3 python3-systemd python3-sdnotify python3-pytest \
 	python3-hypothesis swaks curl fetchmail mpop systemd systemd-container \
 	mmdebstrap dpkg-dev debhelper dh-python pybuild-plugin-pyproject \
-	python3-setuptools python3-all man-db
+	python3-setuptools python3-all man-db debian-archive-keyring util-linux strace
 
-.PHONY: deps run test test-unit test-integration test-install deb bench clean
+.PHONY: deps run test test-unit test-integration test-install test-reliability deb bench clean
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do \
@@ -46,9 +46,22 @@ test-integration: deps
 test-install: deps
 	$(PYTEST) -q tests/install
 
+# Faults, load and hostile input against the real programs (strace, tmpfs: run as root).
+test-reliability: deps
+	$(PYTEST) -q tests/reliability
+
+# The .deb, built from a copy of the working tree (which stays clean) and put
+# into dist/. Debian's python3 first in PATH: pybuild must not find another.
+DEB_BUILD_DIR = build/deb
 deb: deps
-	dpkg-buildpackage -us -uc -b
-	@mkdir -p dist && mv ../baremail*_*.deb ../baremail_*.buildinfo ../baremail_*.changes dist/ 2>/dev/null; ls dist/
+	rm -rf $(DEB_BUILD_DIR) && mkdir -p $(DEB_BUILD_DIR)/baremail dist
+	tar -C $(CURDIR) --exclude=./.git --exclude=./build --exclude=./dist --exclude=./Maildir \
+	    --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis --exclude=.pybuild \
+	    -cf - . | tar -C $(DEB_BUILD_DIR)/baremail -xf -
+	cd $(DEB_BUILD_DIR)/baremail && PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
+	mv $(DEB_BUILD_DIR)/baremail_* dist/
+	rm -rf $(DEB_BUILD_DIR)
+	@ls dist/
 
 clean:
 	rm -rf dist build .pybuild *.egg-info debian/.debhelper debian/baremail debian/files \
