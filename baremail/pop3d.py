@@ -44,6 +44,12 @@ class POP3Connection(Session):
     def feed(self, data: bytes) -> None:
         self._perform(self.engine.receive(data))
 
+    def piece_size(self, held) -> int:
+        # One command line at a time: LIST or UIDL answer a few octets with
+        # a line per message, so pipelined commands wait while replies back up.
+        end = held.find(b"\n")
+        return len(held) if end < 0 else end + 1
+
     def expire(self) -> None:
         self._perform(self.engine.timeout())
 
@@ -76,35 +82,42 @@ class POP3Connection(Session):
             return []
 
     def _perform(self, events: list) -> None:
-        for event in events:
-            kind = type(event)
-            if kind is pop3.Send:
-                self.write(event.data)
-            elif kind is pop3.Retrieve:
-                self._retrieve(event)
-            elif kind is pop3.Update:
-                self._update(event.deleted)
-            elif kind is pop3.Close:
-                self.close()
+        # A loop, not recursion: a message sent at once hands back the
+        # engine's next events (the next pipelined RETR), and a client may
+        # pipeline thousands of them.
+        while events:
+            follow: list = []
+            for event in events:
+                kind = type(event)
+                if kind is pop3.Send:
+                    self.write(event.data)
+                elif kind is pop3.Retrieve:
+                    follow = self._retrieve(event)
+                elif kind is pop3.Update:
+                    self._update(event.deleted)
+                elif kind is pop3.Close:
+                    self.close()
+            events = follow
 
-    def _retrieve(self, event: pop3.Retrieve) -> None:
+    def _retrieve(self, event: pop3.Retrieve) -> list:
+        """Perform a Retrieve; the engine's next events if it finished at once."""
         try:
             reader = self.server.maildir.get().open_wire(event.message)
         except MaildirError:
             self.write(event.missing_reply)
-            self._perform(self.engine.retrieved(False))
-            return
-        if event.message.size <= _SMALL:
+            return self.engine.retrieved(False)
+        if event.message.size <= _SMALL and not self.backlogged:
             try:
                 data = reader.read(_SMALL + 1)
             finally:
                 reader.close()
             encoder = pop3.MultilineEncoder(event.lines)
             self.write(event.ok_reply + encoder.feed(data) + encoder.finish())
-            self._retrieved_ok(event)
-            return
+            return self._retrieved_ok(event)
+        # Big, or the client is behind with reading: stream with flow control.
         self.pause()
         self._task = asyncio.get_running_loop().create_task(self._stream(event, reader))
+        return []
 
     async def _stream(self, event: pop3.Retrieve, reader) -> None:
         encoder = pop3.MultilineEncoder(event.lines)
@@ -122,11 +135,13 @@ class POP3Connection(Session):
         self._task = None
         if self.closed:
             return
-        self._retrieved_ok(event)
+        # Resume first: if the next pipelined command is another streamed
+        # RETR, _perform pauses again, and reading must stay paused for it.
         self.resume()
+        self._perform(self._retrieved_ok(event))
         self.server.stop_if_idle(self)
 
-    def _retrieved_ok(self, event: pop3.Retrieve) -> None:
+    def _retrieved_ok(self, event: pop3.Retrieve) -> list:
         message = event.message
         if event.lines is None:
             self._retrieved += 1
@@ -139,7 +154,7 @@ class POP3Connection(Session):
                 self.server.maildir.get().mark_seen(message)
             except MaildirError as exc:
                 log.error("cannot mark %s as seen: %s", message.key, exc)
-        self._perform(self.engine.retrieved(True))
+        return self.engine.retrieved(True)
 
     def _update(self, deleted: tuple) -> None:
         maildir = self.server.maildir.get()

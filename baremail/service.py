@@ -28,6 +28,9 @@ EX_OK = 0
 EX_SOFTWARE = 70
 EX_OSERR = 71
 
+_PIECES_PER_TURN = 16   # pieces of pipelined input fed before other sessions' turn
+_PROGRESS = 64 * 1024   # octets without a line end that still count as activity
+
 
 class Session(asyncio.Protocol):
     """One client connection. Subclasses drive a protocol engine.
@@ -47,6 +50,9 @@ class Session(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._writable = asyncio.Event()
         self._writable.set()
+        self._paused = False        # pause() by the protocol glue, until resume()
+        self._unfed = bytearray()   # input not yet fed: the client is behind with reading
+        self._unfinished = 0        # octets received since the last line end (about)
 
     # -- asyncio.Protocol -------------------------------------------------
 
@@ -63,15 +69,65 @@ class Session(asyncio.Protocol):
         self.begin()
 
     def data_received(self, data: bytes) -> None:
-        self._last_activity = time.monotonic()
-        if not self.closed:
-            self.feed(data)
+        # Activity, for the timeouts, is a line end or a good deal of a line:
+        # a client trickling a byte at a time must not hold its session
+        # (and a slot under max_sessions) open forever.
+        self._unfinished += len(data)
+        if self._unfinished >= _PROGRESS or b"\n" in data:
+            self._unfinished = 0
+            self._last_activity = time.monotonic()
+        if self.closed:
+            return
+        if not self._unfed and not self.backlogged and self.piece_size(data) >= len(data):
+            self.feed(data)         # the usual case, without copying
+            return
+        self._unfed += data
+        self._feed_unfed()
+
+    def _feed_unfed(self) -> None:
+        # Pipelined input is fed in pieces, and feeding stops while the
+        # client is behind with reading: a few bytes of command can ask for
+        # a long reply, so feeding a whole read at once could pile up
+        # replies here without bound. Nothing is fed while the glue has
+        # paused input (resume() carries on). After a few dozen pieces the
+        # other sessions get their turn.
+        for _ in range(_PIECES_PER_TURN):
+            if not self._feedable():
+                break
+            # Answering pipelined input is not the client being silent.
+            self._last_activity = time.monotonic()
+            size = self.piece_size(self._unfed)
+            piece = bytes(self._unfed[:size])
+            del self._unfed[:size]
+            self.feed(piece)
+        else:
+            if self._feedable():
+                asyncio.get_running_loop().call_soon(self._resume_input)
+        self._set_reading()
+
+    def _feedable(self) -> bool:
+        return bool(self._unfed) and not (self.closed or self.backlogged or self._paused)
 
     def pause_writing(self) -> None:
+        # The client is not reading our replies: stop reading its commands
+        # too, or replies to pipelined input pile up here without bound.
         self._writable.clear()
+        self._set_reading()
 
     def resume_writing(self) -> None:
         self._writable.set()
+        # Not from inside this callback: the transport calls it halfway
+        # through its own write handling, where feeding (which may write
+        # and close) would have it report the connection lost twice.
+        asyncio.get_running_loop().call_soon(self._resume_input)
+
+    def _resume_input(self) -> None:
+        self._feed_unfed()
+
+    @property
+    def backlogged(self) -> bool:
+        """Replies are waiting for the client to read them (transport above its high-water mark)."""
+        return not self._writable.is_set()
 
     async def drain(self) -> None:
         """Wait until the transport's buffer has room (flow control for big writes)."""
@@ -100,11 +156,25 @@ class Session(asyncio.Protocol):
             self.transport.close()
 
     def pause(self) -> None:
-        if not self.closed and self.transport is not None:
-            self.transport.pause_reading()
+        self._paused = True
+        self._set_reading()
 
     def resume(self) -> None:
-        if not self.closed and self.transport is not None:
+        self._paused = False
+        self._set_reading()
+        if self._unfed:
+            # Later, not now: the caller may still have events of the
+            # engine to perform, which come before this input.
+            asyncio.get_running_loop().call_soon(self._resume_input)
+
+    def _set_reading(self) -> None:
+        # Read while neither the glue (pause) nor a backed-up client
+        # (pause_writing) says otherwise, and all that was read is fed.
+        if self.closed or self.transport is None:
+            return
+        if self._paused or not self._writable.is_set() or self._unfed:
+            self.transport.pause_reading()
+        else:
             self.transport.resume_reading()
 
     def touch(self) -> None:
@@ -117,6 +187,12 @@ class Session(asyncio.Protocol):
 
     def feed(self, data: bytes) -> None:
         """Bytes arrived from the client."""
+
+    def piece_size(self, held) -> int:
+        """How many octets of `held` input to feed at once; feeding stops
+        after any piece whose replies back up. Small enough that no piece
+        can be answered by a large multiple of itself."""
+        return len(held)
 
     def expire(self) -> None:
         """The client was silent for timeout_seconds(): tell it and close."""
@@ -152,6 +228,11 @@ class Session(asyncio.Protocol):
             log.info("session from %s timed out after %g s of silence", self.peer, limit,
                      extra=fields(PEER=self.peer))
             self.expire()
+            # A client that does not even read lets our replies pile up
+            # unsent: closing would wait for them forever, holding a session
+            # slot. Drop it.
+            if self.transport is not None and self.transport.get_write_buffer_size():
+                self.transport.abort()
         else:
             self._arm_timer()
 

@@ -146,7 +146,9 @@ def format_reply(name: str, **fields: str) -> bytes:
     code, status, text = REPLIES[name]
     text = text.format(**fields)
     line = f"{code} {status} {text}" if status else f"{code} {text}"
-    return line.encode("utf-8", "surrogateescape") + b"\r\n"
+    # RFC 5321 4.5.3.1.5: a reply line is at most 512 octets with its CRLF.
+    # Only an echoed HELO/EHLO argument can make it longer; it is cut.
+    return line.encode("utf-8", "surrogateescape")[:510] + b"\r\n"
 
 
 # --- states -------------------------------------------------------------

@@ -12,6 +12,8 @@ from .service import Server, Session
 
 log = logging.getLogger("baremail-smtp")
 
+_COMMAND_PIECE = 4096
+
 
 class SMTPConnection(Session):
     def __init__(self, server: Server, listener: str):
@@ -42,6 +44,14 @@ class SMTPConnection(Session):
 
     def feed(self, data: bytes) -> None:
         self._perform(self.engine.receive(data))
+
+    def piece_size(self, held) -> int:
+        # Message data is never answered until its end; a command line is
+        # answered by at most ~50 times its size (an empty line gets a 500),
+        # so commands go in by the few kilobytes.
+        if self.engine is not None and self.engine.in_data:
+            return len(held)
+        return min(len(held), _COMMAND_PIECE)
 
     def expire(self) -> None:
         self._drop_delivery()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 
 from container import (CONTAINER_PATH, DEBS_IN_CONTAINER, UPGRADE_VERSION, WORK_PARENT, WORK_PREFIX,
                        Container, Reporter, _remove_stale_work_dirs, _started, build_deb,
-                       cached_rootfs, remove_tree)
+                       cached_rootfs, remove_tree, sibling_deb)
 
 
 # -- fixtures ---------------------------------------------------------------
@@ -24,8 +25,8 @@ def say(pytestconfig) -> Reporter:
     return Reporter(pytestconfig)
 
 
-@pytest.fixture(scope="module")
-def work(say):
+@contextlib.contextmanager
+def _work_dir(say: Reporter):
     if os.geteuid() != 0:
         pytest.skip("the install test needs root (mmdebstrap, systemd-nspawn)")
     missing = [tool for tool in ("mmdebstrap", "systemd-nspawn", "nsenter", "dpkg-buildpackage")
@@ -42,18 +43,41 @@ def work(say):
 
 
 @pytest.fixture(scope="module")
-def debs(work, say) -> dict:
-    started = time.monotonic()
-    built = {"current": build_deb(work, "deb-current"),
-             "upgrade": build_deb(work, "deb-upgrade", UPGRADE_VERSION)}
-    say(f"built {built['current'].name} and {built['upgrade'].name} "
-        f"in {time.monotonic() - started:.0f} s")
-    return built
+def work(say):
+    """A directory of this test module's own (its container's copy lives there)."""
+    with _work_dir(say) as directory:
+        yield directory
+
+
+@pytest.fixture(scope="session")
+def _built(pytestconfig) -> dict:
+    """The packages, built once for all test modules: baremail and
+    baremail-mta as in debian/changelog (with the source package, for
+    lintian), and again with an added 0.1.1 entry (the upgrade)."""
+    say = Reporter(pytestconfig)
+    with _work_dir(say) as directory:
+        started = time.monotonic()
+        built = {"current": build_deb(directory, "deb-current", source=True),
+                 "upgrade": build_deb(directory, "deb-upgrade", UPGRADE_VERSION)}
+        built["mta-current"] = sibling_deb(built["current"], "baremail-mta")
+        built["mta-upgrade"] = sibling_deb(built["upgrade"], "baremail-mta")
+        say(f"built {', '.join(path.name for path in built.values())} "
+            f"in {time.monotonic() - started:.0f} s")
+        yield built
+
+
+@pytest.fixture(scope="module")
+def debs(work, _built) -> dict:
+    """kind -> .deb on the host: current, upgrade (baremail), mta-current,
+    mta-upgrade (baremail-mta). The .changes of the current build lies
+    beside debs["current"]."""
+    return dict(_built)
 
 
 @pytest.fixture(scope="module")
 def box(work, debs, say):
-    """The booted container, with both .debs in /root/debs."""
+    """The booted container, with all the .debs in /root/debs (box.debs:
+    kind -> path in the container, as in `debs`)."""
     image = cached_rootfs(say)
     started = time.monotonic()
     root = work / "root"

@@ -45,11 +45,12 @@ MIRRORS = (
     "deb http://deb.debian.org/debian-security bookworm-security main",
 )
 # Installed in the image. swaks needs libio-socket-inet6-perl for IPv6 and
-# netbase (/etc/protocols) for anything.
+# netbase (/etc/protocols) for anything. autopkgtest runs debian/tests inside
+# the booted container (test_autopkgtest.py).
 ROOTFS_PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "python3", "python3-systemd",
     "python3-sdnotify", "swaks", "libio-socket-inet6-perl", "curl", "cron",
-    "procps", "iproute2", "netbase",
+    "procps", "iproute2", "netbase", "autopkgtest",
 )
 # Only downloaded, into /opt/baremail-test-debs in the image: bsd-mailx
 # depends on a mail-transport-agent, and installing it now would drag in
@@ -138,20 +139,27 @@ def _add_changelog_entry(changelog: Path, version: str) -> None:
     changelog.write_text(entry + text)
 
 
-def build_deb(work: Path, name: str, version: str | None = None) -> Path:
-    """Build the .deb from a copy of the working tree; returns its path.
+def copy_tree(target: Path) -> Path:
+    """A copy of the working tree (without .git and build leftovers) at `target`."""
+    shutil.copytree(REPO, target, symlinks=True, ignore=_TREE_IGNORE)
+    return target
+
+
+def build_deb(work: Path, name: str, version: str | None = None, source: bool = False) -> Path:
+    """Build the .debs from a copy of the working tree; returns the path of
+    baremail's (the others lie beside it: see sibling_deb()). With `source`,
+    the source package too (.dsc, .tar.xz), all named in the .changes.
 
     Debian's /usr/bin/python3 comes first in PATH: pybuild must not pick up
     another python3. The unit tests run separately (make test), so nocheck."""
     out = work / name
-    src = out / "baremail"
-    shutil.copytree(REPO, src, symlinks=True, ignore=_TREE_IGNORE)
+    src = copy_tree(out / "baremail")
     if version is not None:
         _add_changelog_entry(src / "debian" / "changelog", version)
     log = out / "build.log"
     with open(log, "wb") as output:
         result = subprocess.run(
-            ["dpkg-buildpackage", "-us", "-uc", "-b", "-Pnocheck"], cwd=src,
+            ["dpkg-buildpackage", "-us", "-uc", "-F" if source else "-b", "-Pnocheck"], cwd=src,
             env=_clean_env(DEB_BUILD_OPTIONS="nocheck"), stdin=subprocess.DEVNULL,
             stdout=output, stderr=subprocess.STDOUT, timeout=600)
     if result.returncode != 0:
@@ -159,6 +167,15 @@ def build_deb(work: Path, name: str, version: str | None = None) -> Path:
     debs = sorted(out.glob("baremail_*_all.deb"))
     assert len(debs) == 1, f"expected one .deb in {out}, found {debs}"
     return debs[0]
+
+
+def sibling_deb(deb: Path, package: str) -> Path:
+    """The .deb of another binary package of the same build as `deb`
+    (e.g. baremail-mta beside baremail)."""
+    version = deb.name.split("_")[1]
+    sibling = deb.with_name(f"{package}_{version}_all.deb")
+    assert sibling.exists(), f"{package} was not built beside {deb}"
+    return sibling
 
 
 # -- the cached root file system -------------------------------------------

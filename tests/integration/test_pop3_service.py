@@ -1,22 +1,19 @@
 """baremail-pop3 as a real program, socket-activated, with real clients."""
 
 import base64
-import mailbox
 import os
 import poplib
 import shutil
-import signal
 import smtplib
 import socket
 import subprocess
 import time
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 
-from conftest import stored_messages
+from servicekit import stored_messages
 
 
 def deliver(smtp_service, *payloads: bytes, sender="a@b", rcpt=("root@localhost",)):

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from conftest import PYTHON, ROOT, body_of, free_port, stored_messages
+from servicekit import PYTHON, ROOT, free_port, stored_messages
 
 
 def sendmail(config, args, stdin: bytes, home=None):

@@ -8,11 +8,10 @@ import socket
 import subprocess
 import time
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, ROOT, body_of, free_port, stored_messages
+from servicekit import PYTHON, ROOT, body_of, free_port, stored_messages
 
 
 def recv_until(sock: socket.socket, marker: bytes, timeout: float = 10.0) -> bytes:
