@@ -10,9 +10,10 @@ MAILDIR     ?= $(CURDIR)/Maildir
 APT_PACKAGES = python3 python3-systemd python3-sdnotify python3-pytest \
 	python3-hypothesis swaks curl fetchmail mpop systemd systemd-container \
 	mmdebstrap dpkg-dev debhelper dh-python pybuild-plugin-pyproject \
-	python3-setuptools python3-all man-db debian-archive-keyring util-linux strace
+	python3-setuptools python3-all man-db debian-archive-keyring util-linux strace \
+	lintian piuparts
 
-.PHONY: deps run test test-unit test-integration test-install test-reliability deb bench clean
+.PHONY: deps run test test-unit test-integration test-install test-reliability deb lintian bench clean
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do \
@@ -50,8 +51,9 @@ test-install: deps
 test-reliability: deps
 	$(PYTEST) -q tests/reliability
 
-# The .deb, built from a copy of the working tree (which stays clean) and put
-# into dist/. Debian's python3 first in PATH: pybuild must not find another.
+# The .debs (baremail, baremail-mta), built from a copy of the working tree
+# (which stays clean) and put into dist/. Debian's python3 first in PATH:
+# pybuild must not find another.
 DEB_BUILD_DIR = build/deb
 deb: deps
 	rm -rf $(DEB_BUILD_DIR) && mkdir -p $(DEB_BUILD_DIR)/baremail dist
@@ -59,10 +61,16 @@ deb: deps
 	    --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis --exclude=.pybuild \
 	    -cf - . | tar -C $(DEB_BUILD_DIR)/baremail -xf -
 	cd $(DEB_BUILD_DIR)/baremail && PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
-	mv $(DEB_BUILD_DIR)/baremail_* dist/
+	mv $(DEB_BUILD_DIR)/baremail_* $(DEB_BUILD_DIR)/baremail-mta_* dist/
 	rm -rf $(DEB_BUILD_DIR)
 	@ls dist/
 
+# lintian as the install tests run it (tests/install/test_lintian.py), on what
+# `make deb` put into dist/.
+lintian: deb
+	PATH=/usr/sbin:/usr/bin:/sbin:/bin lintian --pedantic --display-info --display-experimental \
+	    --show-overrides dist/baremail_*.changes
+
 clean:
-	rm -rf dist build .pybuild *.egg-info debian/.debhelper debian/baremail debian/files \
-	    debian/*.substvars debian/*.log debian/debhelper-build-stamp
+	rm -rf dist build .pybuild *.egg-info debian/.debhelper debian/baremail debian/baremail-mta \
+	    debian/tmp debian/files debian/*.substvars debian/*.log debian/debhelper-build-stamp

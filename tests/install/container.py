@@ -54,8 +54,9 @@ ROOTFS_PACKAGES = (
 )
 # Only downloaded, into /opt/baremail-test-debs in the image: bsd-mailx
 # depends on a mail-transport-agent, and installing it now would drag in
-# exim4, which takes port 25. A later test installs it next to BareMail.
-ROOTFS_DOWNLOADS = ("bsd-mailx", "liblockfile1")
+# exim4, which takes port 25. test_mta.py installs it next to baremail-mta
+# (with its dependencies: liblockfile1 needs liblockfile-bin).
+ROOTFS_DOWNLOADS = ("bsd-mailx", "liblockfile1", "liblockfile-bin")
 ROOTFS_DEBS_DIR = "/opt/baremail-test-debs"
 # Masked in the image: they would take the dpkg lock in the middle of a test.
 ROOTFS_MASKED = ("apt-daily.timer", "apt-daily-upgrade.timer")
@@ -180,37 +181,54 @@ def sibling_deb(deb: Path, package: str) -> Path:
 
 # -- the cached root file system -------------------------------------------
 
-def _mmdebstrap_command(target: Path) -> tuple:
+def _mmdebstrap_command(target: Path, extra_packages: tuple = ()) -> tuple:
     hooks = [
         f'systemctl --root="$1" mask {" ".join(ROOTFS_MASKED)}',
         f'mkdir -p "$1{ROOTFS_DEBS_DIR}" && chroot "$1" sh -c '
         f'"cd {ROOTFS_DEBS_DIR} && apt-get -q download {" ".join(ROOTFS_DOWNLOADS)}"',
     ]
     command = ["mmdebstrap", "--mode=root", "--format=directory", "--variant=apt",
-               "--include=" + ",".join(ROOTFS_PACKAGES)]
+               "--include=" + ",".join(ROOTFS_PACKAGES + tuple(extra_packages))]
     command += [f"--customize-hook={hook}" for hook in hooks]
     return command + [SUITE, str(target), *MIRRORS], hooks
 
 
-def rootfs_key() -> str:
+def rootfs_key(extra_packages: tuple = ()) -> str:
     _, hooks = _mmdebstrap_command(Path("/x"))
-    recipe = json.dumps([SUITE, MIRRORS, ROOTFS_PACKAGES, ROOTFS_DOWNLOADS, hooks])
-    return hashlib.sha256(recipe.encode()).hexdigest()[:16]
+    recipe = [SUITE, MIRRORS, ROOTFS_PACKAGES, ROOTFS_DOWNLOADS, hooks]
+    if extra_packages:
+        recipe.append(sorted(extra_packages))
+    return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
 
 
-def cached_rootfs(say: Reporter) -> Path:
+# With extra packages (the benchmark's Postfix, Dovecot, aiosmtpd) the image
+# is cached under a name of its own, and each kind only replaces its own
+# outdated builds: the plain image and the extended one live side by side.
+_EXTENDED = "rootfs-plus-"
+
+
+def _stale_images(extended: bool) -> list:
+    return [path for path in CACHE_DIR.glob("rootfs-*")
+            if path.name.startswith(_EXTENDED) == extended]
+
+
+def cached_rootfs(say: Reporter, extra_packages: tuple = ()) -> Path:
+    """The cached root file system; with `extra_packages`, one that has
+    those installed as well (built once, cached under its own name)."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    final = CACHE_DIR / f"rootfs-{rootfs_key()}"
+    extra_packages = tuple(extra_packages)
+    prefix = _EXTENDED if extra_packages else "rootfs-"
+    final = CACHE_DIR / f"{prefix}{rootfs_key(extra_packages)}"
     with open(CACHE_DIR / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; others wait, then reuse
         if (final / "etc" / "os-release").exists():
             say(f"using the cached root file system {final}")
             return final
-        for stale in CACHE_DIR.glob("rootfs-*"):  # partial builds, outdated recipes
+        for stale in _stale_images(bool(extra_packages)):  # partial builds, outdated recipes
             say(f"removing {stale}")
             remove_tree(stale)
         partial = CACHE_DIR / f"{final.name}.partial"
-        command, _ = _mmdebstrap_command(partial)
+        command, _ = _mmdebstrap_command(partial, extra_packages)
         say(f"building the {SUITE} root file system (a few minutes; cached afterwards in {final})")
         started = time.monotonic()
         log = CACHE_DIR / "mmdebstrap.log"
@@ -258,6 +276,40 @@ def _end_process(pid: int, started: str | None, first: int = signal.SIGTERM,
             time.sleep(0.1)
 
 
+def _new_cgroup(name: str) -> Path | None:
+    """A new, empty cgroup (v2) `name` below this process's own; None on a
+    host without the unified hierarchy.
+
+    systemd-nspawn --keep-unit puts its container into "payload" below the
+    cgroup it was started in: two containers started from the same cgroup
+    (this test run and another one, or a benchmark, on the same machine)
+    would share one cgroup tree, and each container's systemd would see, and
+    try to stop, the other's services. So each nspawn starts in a cgroup of
+    its own."""
+    with open("/proc/self/mountinfo") as mountinfo:
+        mounts = [line.split() for line in mountinfo]
+    # The file system type follows the " - " separator.
+    points = [fields[4] for fields in mounts if fields[fields.index("-") + 1] == "cgroup2"]
+    own = [line.strip()[3:] for line in Path("/proc/self/cgroup").read_text().splitlines()
+           if line.startswith("0::")]
+    if not points or not own:
+        return None
+    path = Path(points[0]) / own[0].lstrip("/") / name
+    path.mkdir()
+    return path
+
+
+def _remove_cgroup(path: Path) -> None:
+    """rmdir a cgroup and those below it, deepest first (a cgroup holding a
+    process stays)."""
+    for directory in sorted((p for p in path.rglob("*") if p.is_dir()),
+                            key=lambda p: len(p.parts), reverse=True) + [path]:
+        try:
+            directory.rmdir()
+        except OSError:
+            pass
+
+
 class Container:
     """A booted copy of the root file system; commands run through nsenter."""
 
@@ -267,19 +319,31 @@ class Container:
         self.process: subprocess.Popen | None = None
         self.init_pid: int | None = None
         self.debs: dict = {}
+        self.cgroup: Path | None = None
 
     def boot(self, timeout: float = BOOT_TIMEOUT) -> None:
         env = _clean_env(
             # Debian 12's default is the unified cgroup hierarchy; with it
             # (and the bpf() system call) systemd enforces IPAddressDeny=.
             SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
+        machine = f"baremail-{uuid.uuid4().hex[:8]}"
+        self.cgroup = _new_cgroup(machine)
+        if self.cgroup is not None:
+            (self.root.parent / "cgroup").write_text(str(self.cgroup))
+        procs = None if self.cgroup is None else str(self.cgroup / "cgroup.procs")
+
+        def enter_own_cgroup():  # in the child, before systemd-nspawn runs
+            if procs is not None:
+                with open(procs, "w") as handle:
+                    handle.write(str(os.getpid()))
+
         with open(self.log, "wb") as output:
             self.process = subprocess.Popen(
                 ["systemd-nspawn", "-q", "-D", str(self.root), "--boot", "--register=no",
                  "--keep-unit", "--private-network", "--system-call-filter=bpf",
-                 f"--machine=baremail-{uuid.uuid4().hex[:8]}"],
+                 f"--machine={machine}"],
                 stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True)
+                env=env, start_new_session=True, preexec_fn=enter_own_cgroup)
         (self.root.parent / "nspawn.pid").write_text(
             f"{self.process.pid} {_started(self.process.pid)}")
         deadline = time.monotonic() + timeout
@@ -355,6 +419,8 @@ class Container:
         # container) running: end it too.
         if init is not None:
             _end_process(*init, first=signal.SIGKILL, grace=10)
+        if self.cgroup is not None:
+            _remove_cgroup(self.cgroup)
 
 
 def _remove_stale_work_dirs(say: Reporter) -> None:
@@ -374,6 +440,10 @@ def _remove_stale_work_dirs(say: Reporter) -> None:
                 _end_process(int(pid), started, first=first)
             except (OSError, ValueError):
                 pass
+        try:
+            _remove_cgroup(Path((directory / "cgroup").read_text()))
+        except OSError:
+            pass
         remove_tree(directory)
 
 

@@ -4,14 +4,15 @@ remove, purge, reinstall, upgrade, and port 25 already taken.
 
 How the harness works (all of it runs as root on a Debian 12 host):
 
-* The package is built from a copy of the working tree with
-  ``dpkg-buildpackage`` (twice: as in debian/changelog, and once more with an
-  added 0.1.1 entry for the upgrade test). The tree itself is not touched.
+* The packages (baremail, baremail-mta) are built from a copy of the working
+  tree with ``dpkg-buildpackage``, once per test session for all modules
+  (twice: as in debian/changelog, and once more with an added 0.1.1 entry
+  for the upgrade tests). The tree itself is not touched.
 * A bookworm root file system from ``mmdebstrap`` is cached under
   /var/cache/baremail-tests/rootfs-<hash of what goes into it>/. It is built
   in a ``.partial`` directory and renamed when complete, under a lock, so an
   interrupted build never leaves a cache that looks valid.
-* Each test run copies it, boots the copy with ``systemd-nspawn --boot
+* Each test module copies it, boots the copy with ``systemd-nspawn --boot
   --private-network`` (no network but loopback inside: apt has to manage
   offline) and runs every command through ``nsenter`` into the container's
   PID 1. The container is powered off and its copy removed when the module
@@ -24,17 +25,14 @@ upgrade, purge, install again with port 25 taken.
 
 from __future__ import annotations
 
-import base64
-import json
 import re
-import subprocess
-import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from container import (Container, POP3_PORT, SMTP_PORTS, UPGRADE_VERSION)
+from container import Container, POP3_PORT, SMTP_PORTS, UPGRADE_VERSION
+from mailtools import (apt, enabled, installed_status, journal, listening, pop3_messages, probe,
+                       reset_start_limits, show, stored_keys, wait_for)
 
 SOCKETS = ("baremail-smtp.socket", "baremail-submission.socket", "baremail-pop3.socket")
 # The listener name in the journal (FileDescriptorName= of the socket unit) by port.
@@ -43,90 +41,6 @@ MAN_PAGES = ("/usr/share/man/man5/baremail.conf.5.gz", "/usr/share/man/man8/bare
              "/usr/share/man/man8/baremail-pop3.8.gz", "/usr/share/man/man8/baremail-sendmail.8.gz")
 # Issue 8: the most that `systemd-analyze security` may rate the services.
 MAX_EXPOSURE = 0.5
-
-# -- helpers that run in the container ---------------------------------------
-
-# Connects, reads the greeting, says QUIT (both protocols have it), prints the greeting.
-PROBE = r"""
-import socket, sys
-with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30) as s:
-    f = s.makefile("rb")
-    greeting = f.readline()
-    s.sendall(b"QUIT\r\n")
-    f.readline()
-print(greeting.decode().strip())
-"""
-
-# Every message over POP3 (nothing deleted), as JSON: uidl -> base64 of the
-# message with CRLF line ends, exactly as a client reassembles it.
-POP3_DUMP = r"""
-import base64, json, poplib, sys
-p = poplib.POP3(sys.argv[1], int(sys.argv[2]), timeout=30)
-p.user("root")
-p.pass_("anything")
-count, _ = p.stat()
-uidls = dict(line.decode().split(" ", 1) for line in p.uidl()[1])
-messages = {}
-for number in range(1, count + 1):
-    lines = p.retr(number)[1]
-    messages[uidls[str(number)]] = base64.b64encode(b"\r\n".join(lines) + b"\r\n").decode()
-p.quit()
-print(json.dumps(messages))
-"""
-
-
-def probe(box: Container, host: str, port: int) -> str:
-    return box.run("python3", "-c", PROBE, host, str(port)).stdout.strip()
-
-
-def pop3_messages(box: Container, host: str = "127.0.0.1") -> dict:
-    out = box.run("python3", "-c", POP3_DUMP, host, str(POP3_PORT)).stdout
-    return {uidl: base64.b64decode(data) for uidl, data in json.loads(out).items()}
-
-
-def enabled(box: Container, unit: str) -> str:
-    return box.run("systemctl", "is-enabled", unit, check=False).stdout.strip()
-
-
-def show(box: Container, unit: str, prop: str) -> str:
-    return box.run("systemctl", "show", "-P", prop, unit).stdout.strip()
-
-
-def wait_for(condition, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
-
-
-def listening(box: Container) -> set:
-    out = box.run("ss", "-Hltn").stdout
-    return {line.split()[3] for line in out.splitlines() if line.strip()}
-
-
-def apt(box: Container, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return box.run("apt-get", "-y", "-q", *args, check=check, timeout=300)
-
-
-def stored_keys(box: Container) -> set:
-    """Keys (= UIDLs) of the stored messages; a key survives the new/ -> cur/ move."""
-    out = box.sh("cd /var/lib/baremail/Maildir && find new cur -type f").stdout
-    return {Path(path).name.split(":")[0] for path in out.split()}
-
-
-def installed_status(box: Container) -> str:
-    return box.run("dpkg-query", "-W", "-f=${Status}", "baremail", check=False).stdout
-
-
-def reset_start_limits(box: Container) -> None:
-    # Tests start the services faster than any real use; keep systemd's start
-    # rate limit (5 per 10 s) from turning a test into a false failure.
-    box.run("systemctl", "reset-failed", "baremail-smtp.service", "baremail-pop3.service",
-            check=False)
 
 
 def message(marker: str, client: str) -> bytes:
@@ -296,30 +210,25 @@ def test_mail_sent_over_smtp_comes_back_over_pop3_unchanged(box, shared):
     shared["keys"] = sorted(keys.values())
 
 
-def _journal(box: Container, *args: str) -> list:
-    out = box.run("journalctl", "--no-pager", "-o", "cat", *args).stdout
-    return [line for line in out.splitlines() if line.strip()]
-
-
 def test_journal_has_the_delivery_and_retrieval_lines(box, shared, say):
     if not shared.get("keys"):
         pytest.skip("needs the mail of the round-trip test")
     for key in shared["keys"]:
         port = shared["ports"][key]
         listener = LISTENERS[port]
-        lines = wait_for(lambda: _journal(box, "-u", "baremail-smtp", f"BAREMAIL_MAILID={key}",
+        lines = wait_for(lambda: journal(box, "-u", "baremail-smtp", f"BAREMAIL_MAILID={key}",
                                           f"BAREMAIL_LISTENER={listener}"),
                          f"the delivery of {key} with BAREMAIL_LISTENER={listener} in the journal")
         assert len(lines) == 1, lines
         assert lines[0].startswith(f"delivered {key} from=<sender@example.org> "
                                    f"to=<root@localhost> size="), lines
         other = LISTENERS[25 if port == 587 else 587]
-        assert _journal(box, "-u", "baremail-smtp", f"BAREMAIL_MAILID={key}",
+        assert journal(box, "-u", "baremail-smtp", f"BAREMAIL_MAILID={key}",
                         f"BAREMAIL_LISTENER={other}") == []
         say(f"port {port}: BAREMAIL_LISTENER={listener}: {lines[0]}")
-        assert lines[0] in _journal(box, "-u", "baremail-smtp")
+        assert lines[0] in journal(box, "-u", "baremail-smtp")
         wait_for(lambda: any(line.startswith(f"retrieved {key} ")
-                             for line in _journal(box, "-u", "baremail-pop3")),
+                             for line in journal(box, "-u", "baremail-pop3")),
                  f"'retrieved {key}' in the journal")
 
 
@@ -329,7 +238,7 @@ def test_reload_rereads_the_configuration(box):
     pid = show(box, unit, "MainPID")
     box.run("systemctl", "reload", unit)
     wait_for(lambda: any(line.startswith("configuration reloaded")
-                         for line in _journal(box, "-u", "baremail-smtp", f"_PID={pid}")),
+                         for line in journal(box, "-u", "baremail-smtp", f"_PID={pid}")),
              "'configuration reloaded' in the journal")
     assert show(box, unit, "MainPID") == pid
 
