@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+import types
 
 from . import __version__
 from . import config as configuration
 
 
-def _arguments(service: str, argv) -> argparse.Namespace:
+def _arguments(service: str, argv):
+    if argv is None:
+        argv = sys.argv[1:]
+    if not argv:
+        # How systemd starts the service. argparse would cost milliseconds
+        # of every socket-activated start, which the first client waits for.
+        return types.SimpleNamespace(config=None, maildir=None, listen=None, idle_exit=None,
+                                     debug=False)
+    import argparse
     parser = argparse.ArgumentParser(
         prog=f"baremail-{service}",
         description=f"BareMail {service.upper()} service. Normally started by systemd "

@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from . import pop3
-from .journal import fields
+from .journal import fields, mail_event
 from .maildir import MaildirError
 from .service import Server, Session
 
@@ -16,6 +16,7 @@ log = logging.getLogger("baremail-pop3")
 # loop's callback; larger ones are streamed with flow control.
 _SMALL = 1 << 18
 _CHUNK = 1 << 18
+_COMMAND_PIECE = 4096
 
 
 class POP3Connection(Session):
@@ -45,10 +46,21 @@ class POP3Connection(Session):
         self._perform(self.engine.receive(data))
 
     def piece_size(self, held) -> int:
-        # One command line at a time: LIST or UIDL answer a few octets with
-        # a line per message, so pipelined commands wait while replies back up.
-        end = held.find(b"\n")
-        return len(held) if end < 0 else end + 1
+        # Whole lines, up to a few kilobytes at once: the replies to most
+        # commands are short, and RETR and TOP hand a message that would
+        # back up to flow control themselves (_retrieve), so a pipelined
+        # batch of fifty RETRs is one piece. But LIST and UIDL answer a few
+        # octets with a line per message: such a line ends its piece, so
+        # that pipelined commands wait while their replies back up.
+        size = min(len(held), _COMMAND_PIECE)
+        end = held.rfind(b"\n", 0, size)
+        if end < 0:
+            return size
+        lines = bytes(held[:end + 1]).upper()
+        listing = [at for at in (lines.find(b"LIST"), lines.find(b"UIDL")) if at >= 0]
+        if listing:
+            end = lines.find(b"\n", min(listing))
+        return end + 1
 
     def expire(self) -> None:
         self._perform(self.engine.timeout())
@@ -101,19 +113,23 @@ class POP3Connection(Session):
 
     def _retrieve(self, event: pop3.Retrieve) -> list:
         """Perform a Retrieve; the engine's next events if it finished at once."""
+        message = event.message
         try:
-            reader = self.server.maildir.get().open_wire(event.message)
+            maildir = self.server.maildir.get()
+            if message.size <= _SMALL and not self.backlogged:
+                # Small, and the client keeps up: the whole reply at once.
+                wire = maildir.read_wire(message)
+                if wire is not None:
+                    if event.lines is None:
+                        self.write(event.ok_reply + pop3.stuff_message(wire))
+                    else:
+                        encoder = pop3.MultilineEncoder(event.lines)
+                        self.write(event.ok_reply + encoder.feed(wire) + encoder.finish())
+                    return self._retrieved_ok(event)
+            reader = maildir.open_wire(message)
         except MaildirError:
             self.write(event.missing_reply)
             return self.engine.retrieved(False)
-        if event.message.size <= _SMALL and not self.backlogged:
-            try:
-                data = reader.read(_SMALL + 1)
-            finally:
-                reader.close()
-            encoder = pop3.MultilineEncoder(event.lines)
-            self.write(event.ok_reply + encoder.feed(data) + encoder.finish())
-            return self._retrieved_ok(event)
         # Big, or the client is behind with reading: stream with flow control.
         self.pause()
         self._task = asyncio.get_running_loop().create_task(self._stream(event, reader))
@@ -147,9 +163,8 @@ class POP3Connection(Session):
             self._retrieved += 1
             self._octets += message.size
             self.server.count("retrieved")
-            log.info("retrieved %s size=%d peer=%s", message.key, message.size, self.peer,
-                     extra=fields(MAILID=message.key, SIZE=message.size, PEER=self.peer,
-                                  LISTENER=self.listener))
+            mail_event(log, f"retrieved {message.key} size={message.size} peer={self.peer}",
+                       MAILID=message.key, SIZE=message.size, PEER=self.peer, LISTENER=self.listener)
             try:
                 self.server.maildir.get().mark_seen(message)
             except MaildirError as exc:
@@ -167,8 +182,8 @@ class POP3Connection(Session):
             if removed:
                 self._deleted += 1
                 self.server.count("deleted")
-                log.info("deleted %s peer=%s", message.key, self.peer,
-                         extra=fields(MAILID=message.key, PEER=self.peer))
+                mail_event(log, f"deleted {message.key} peer={self.peer}",
+                           MAILID=message.key, PEER=self.peer)
 
 
 def make_server(load_config) -> Server:

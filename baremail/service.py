@@ -28,8 +28,9 @@ EX_OK = 0
 EX_SOFTWARE = 70
 EX_OSERR = 71
 
-_PIECES_PER_TURN = 16   # pieces of pipelined input fed before other sessions' turn
+_PIECES_PER_TURN = 64   # pieces of pipelined input fed before other sessions' turn
 _PROGRESS = 64 * 1024   # octets without a line end that still count as activity
+_HELD_MAX = 64 * 1024   # replies held back to go out in one write (see write())
 
 
 class Session(asyncio.Protocol):
@@ -53,6 +54,9 @@ class Session(asyncio.Protocol):
         self._paused = False        # pause() by the protocol glue, until resume()
         self._unfed = bytearray()   # input not yet fed: the client is behind with reading
         self._unfinished = 0        # octets received since the last line end (about)
+        self._holding = False       # replies are being collected for one write
+        self._held: list[bytes] = []
+        self._held_size = 0
 
     # -- asyncio.Protocol -------------------------------------------------
 
@@ -79,7 +83,11 @@ class Session(asyncio.Protocol):
         if self.closed:
             return
         if not self._unfed and not self.backlogged and self.piece_size(data) >= len(data):
-            self.feed(data)         # the usual case, without copying
+            self._holding = True
+            try:
+                self.feed(data)     # the usual case, without copying
+            finally:
+                self._release()
             return
         self._unfed += data
         self._feed_unfed()
@@ -90,19 +98,26 @@ class Session(asyncio.Protocol):
         # a long reply, so feeding a whole read at once could pile up
         # replies here without bound. Nothing is fed while the glue has
         # paused input (resume() carries on). After a few dozen pieces the
-        # other sessions get their turn.
-        for _ in range(_PIECES_PER_TURN):
-            if not self._feedable():
-                break
-            # Answering pipelined input is not the client being silent.
-            self._last_activity = time.monotonic()
-            size = self.piece_size(self._unfed)
-            piece = bytes(self._unfed[:size])
-            del self._unfed[:size]
-            self.feed(piece)
-        else:
-            if self._feedable():
-                asyncio.get_running_loop().call_soon(self._resume_input)
+        # other sessions get their turn. The replies go out together, in
+        # one write, when feeding stops.
+        outer = not self._holding
+        self._holding = True
+        try:
+            for _ in range(_PIECES_PER_TURN):
+                if not self._feedable():
+                    break
+                # Answering pipelined input is not the client being silent.
+                self._last_activity = time.monotonic()
+                size = self.piece_size(self._unfed)
+                piece = bytes(self._unfed[:size])
+                del self._unfed[:size]
+                self.feed(piece)
+            else:
+                if self._feedable():
+                    asyncio.get_running_loop().call_soon(self._resume_input)
+        finally:
+            if outer:
+                self._release()
         self._set_reading()
 
     def _feedable(self) -> bool:
@@ -147,11 +162,37 @@ class Session(asyncio.Protocol):
     # -- for subclasses ---------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        """Send `data` after everything written before. While input is fed,
+        replies are held and go out in one write when feeding stops (or once
+        _HELD_MAX octets are held): answering fifty pipelined commands takes
+        one system call, not fifty."""
+        if self.closed or self.transport is None:
+            return
+        if not self._holding:
+            self.transport.write(data)
+            return
+        self._held.append(data)
+        self._held_size += len(data)
+        if self._held_size >= _HELD_MAX:
+            self._flush_held()
+
+    def _flush_held(self) -> None:
+        held = self._held
+        if not held:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        self._held_size = 0
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
+    def _release(self) -> None:
+        self._holding = False
+        self._flush_held()
+
     def close(self) -> None:
         if not self.closed and self.transport is not None:
+            self._flush_held()
             self.closed = True
             self.transport.close()
 
@@ -271,7 +312,8 @@ class MaildirHolder:
 
 
 class Notifier:
-    """sd_notify through the `sdnotify` package; silent without NOTIFY_SOCKET."""
+    """sd_notify through the `sdnotify` package; silent without NOTIFY_SOCKET
+    (then the package is not even imported)."""
 
     def __init__(self):
         self._notifier = None
@@ -306,6 +348,7 @@ class Server:
         self._single = False
         self.socket_activated = False
         self.maildir = MaildirHolder(self)
+        self.committer = None   # smtpd's Committer, made at the first message
 
     # -- sessions ---------------------------------------------------------
 
@@ -483,10 +526,6 @@ class Server:
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
-        # fsync waits on the disk, not the CPU: enough threads that every
-        # session committing at once gets one, so their fsyncs batch together.
-        from concurrent.futures import ThreadPoolExecutor
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="commit"))
         self._done = loop.create_future()
         try:
             await self._open(loop, self._listen(self.config))
@@ -506,6 +545,13 @@ class Server:
         return EX_OK
 
     def run(self) -> int:
+        # glibc's malloc maps any block above its mmap threshold (128 KiB at
+        # first) afresh, and unmaps it when freed: asyncio's every read asks
+        # for 256 KiB, so each read would cost an mmap, an mremap and a
+        # munmap (with TLB shootdowns once a second thread exists). glibc
+        # raises the threshold to the size of a mapped block freed: free one
+        # of 1 MiB now, and reads are served from the heap.
+        bytearray(1 << 20)
         try:
             return asyncio.run(self.serve())
         except KeyboardInterrupt:

@@ -342,7 +342,13 @@ class SMTPSession:
         """Events answering `data`, which continues what came before."""
         if self._input is _Input.CLOSED:
             return []
-        self._buf += data
+        if self._input is _Input.DATA and not self._buf:
+            # Message content with nothing held before it: scan it where it
+            # is, without first copying it into the buffer and out again
+            # (a large message arrives in reads of up to 256 KiB).
+            self._read_data(data)
+        else:
+            self._buf += data
         self._run()
         return self._take()
 
@@ -467,10 +473,15 @@ class SMTPSession:
             self._input = _Input.COMMAND
             self._auth_step = None
 
-    def _read_data(self) -> bool:
-        """Emit the content held; True once the terminating dot was read."""
-        chunk, used, ended = scan_data(bytes(self._buf))
-        del self._buf[:used]
+    def _read_data(self, fresh: bytes | None = None) -> bool:
+        """Emit the content held (or `fresh` input, when nothing is held);
+        True once the terminating dot was read."""
+        if fresh is None:
+            chunk, used, ended = scan_data(bytes(self._buf))
+            del self._buf[:used]
+        else:
+            chunk, used, ended = scan_data(fresh)
+            self._buf += fresh[used:]
         if self._data_prefix and used:
             chunk = chunk[2:]            # the CRLF that _cmd_data put there
             self._data_prefix = False

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 from . import smtp
-from .journal import fields
+from .journal import fields, mail_event
 from .maildir import Delivery, MaildirError
 from .service import Server, Session
 
@@ -121,23 +122,23 @@ class SMTPConnection(Session):
         if delivery is None:
             self._reply_failure()
             return
-        # fsync takes milliseconds: run it off the event loop so that other
-        # sessions keep being served, and read nothing more from this client
-        # until its message is durable and answered.
+        # fsync takes milliseconds: the committer does it off the event loop
+        # so that other sessions keep being served; nothing more is read
+        # from this client until its message is durable and answered.
         self.pause()
-        future = asyncio.get_running_loop().run_in_executor(None, delivery.commit)
-        future.add_done_callback(lambda done: self._committed(done, delivery))
+        committer = self.server.committer
+        if committer is None:
+            committer = self.server.committer = Committer(asyncio.get_running_loop())
+        committer.commit(delivery, lambda outcome: self._committed(outcome, delivery))
 
-    def _committed(self, done: asyncio.Future, delivery: Delivery) -> None:
-        try:
-            key = done.result()
-        except MaildirError as exc:
-            self._fail(exc)
+    def _committed(self, outcome, delivery: Delivery) -> None:
+        if isinstance(outcome, MaildirError):
+            self._fail(outcome)
             self._reply_failure()
         else:
-            self._log_delivery(key, delivery)
+            self._log_delivery(outcome, delivery)
             self.server.count("accepted")
-            self._perform(self.engine.message_stored(key))
+            self._perform(self.engine.message_stored(outcome))
         self.resume()
         self.server.stop_if_idle(self)
 
@@ -150,10 +151,65 @@ class SMTPConnection(Session):
         envelope = self._envelope
         sender = envelope.mail_from
         recipients = ",".join(f"<{rcpt}>" for rcpt in envelope.rcpt_to)
-        log.info("delivered %s from=<%s> to=%s size=%d peer=%s", key, sender, recipients,
-                 delivery.wire_size, self.peer,
-                 extra=fields(MAILID=key, FROM=sender, RCPT=" ".join(envelope.rcpt_to),
-                              SIZE=delivery.wire_size, PEER=self.peer, LISTENER=self.listener))
+        mail_event(log, f"delivered {key} from=<{sender}> to={recipients} "
+                        f"size={delivery.wire_size} peer={self.peer}",
+                   MAILID=key, FROM=sender, RCPT=" ".join(envelope.rcpt_to),
+                   SIZE=delivery.wire_size, PEER=self.peer, LISTENER=self.listener)
+
+
+class Committer:
+    """Makes deliveries durable in a thread of its own, a batch at a time.
+
+    Every delivery handed over while a batch is being written joins the
+    next batch, which then shares one fsync of new/ (group commit), and the
+    event loop hears of a whole batch through one wake-up. One thread, not
+    one per session: threads that each wake up for a few system calls spend
+    more time handing the GIL to each other (futex calls, in the kernel)
+    than the disk takes."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._waiting = threading.Condition(self._lock)
+        self._queue: list = []
+        self._thread: threading.Thread | None = None
+
+    def commit(self, delivery: Delivery, done) -> None:
+        """Commit `delivery` soon; then `done(key or MaildirError)` runs on the loop."""
+        with self._lock:
+            self._queue.append((delivery, done))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="commit", daemon=True)
+                self._thread.start()
+            else:
+                self._waiting.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue:
+                    self._waiting.wait()
+                batch, self._queue = self._queue, []
+            outcomes = {}
+            by_maildir: dict = {}
+            for delivery, _ in batch:
+                by_maildir.setdefault(delivery.maildir, []).append(delivery)
+            for maildir, deliveries in by_maildir.items():
+                try:
+                    results = maildir.commit_all(deliveries)
+                except Exception as exc:   # a bug; still answer every client
+                    log.exception("committing %d message(s) failed", len(deliveries))
+                    results = [MaildirError(f"cannot store a message: {exc}")] * len(deliveries)
+                outcomes.update(zip(map(id, deliveries), results))
+            try:
+                self._loop.call_soon_threadsafe(self._finished, batch, outcomes)
+            except RuntimeError:
+                return   # the loop is closed: the service is exiting
+
+    @staticmethod
+    def _finished(batch: list, outcomes: dict) -> None:
+        for delivery, done in batch:
+            done(outcomes[id(delivery)])
 
 
 def make_server(load_config) -> Server:

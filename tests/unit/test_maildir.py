@@ -197,3 +197,77 @@ def test_two_processes_delivering_at_once_lose_nothing(tmp_path):
         data = read_wire(box, message, size=1 << 16)
         tags.add(data.split(b"\r\n", 1)[0])
     assert len(tags) == 300
+
+
+# read_wire and the snapshot's name parsing: the fast paths agree with the slow ones
+
+from baremail import maildir as maildir_module  # noqa: E402
+
+
+def test_read_wire_is_what_open_wire_yields(tmp_path):
+    box = maildir_module.Maildir(str(tmp_path / "md"), "host")
+    box.deliver([b"Subject: a\r\n\r\nline\r\n.dot\r\nbare\nlf\r\n"])
+    box.deliver([b""])
+    for message in box.snapshot():
+        with box.open_wire(message) as reader:
+            streamed = reader.read(1 << 20)
+        assert box.read_wire(message) == streamed
+        assert len(streamed) == message.size
+        box.mark_seen(message)
+        assert box.read_wire(message) == streamed      # found again in cur/
+        box.remove(message)
+        try:
+            box.read_wire(message)
+        except maildir_module.MaildirError:
+            pass
+        else:
+            raise AssertionError("read_wire of a removed message did not fail")
+
+
+def test_read_wire_declines_a_file_larger_than_its_name_says(tmp_path):
+    box = maildir_module.Maildir(str(tmp_path / "md"), "host")
+    box.deliver([b"short\r\n"])
+    (message,) = box.snapshot()
+    with open(message.path, "ab") as handle:
+        handle.write(b"grown\n")
+    assert box.read_wire(message) is None
+
+
+def test_order_fast_path_agrees_with_the_pattern():
+    for key in ("1700000000.M000123P42Q1R00.host,S=1,W=2", "12.M5P", "12.M5", "1.2.M3P", "x.M1P",
+                "123.M456X789P1", "99", "", "007.M010P9.h"):
+        match = maildir_module._NAME.match(key)
+        expected = ((float("inf"), 0, key) if not match
+                    else (int(match.group(1)), int(match.group(2) or 0), key))
+        assert maildir_module._order(key) == expected, key
+
+
+def test_commit_all_stores_a_batch_and_reports_each_failure(tmp_path):
+    box = maildir_module.Maildir(str(tmp_path / "md"), "host")
+    deliveries = [box.begin() for _ in range(3)]
+    for number, delivery in enumerate(deliveries):
+        delivery.write(b"Subject: %d\r\n\r\nbody\r\n" % number)
+    deliveries[1].abort()                   # e.g. the client went away meanwhile
+    deliveries[1]._done = False             # ...yet it reaches the batch: it must fail alone
+    deliveries[1]._tmp = str(tmp_path / "md" / "no-such-dir" / "x")
+    outcomes = box.commit_all(deliveries)
+    assert isinstance(outcomes[1], maildir_module.MaildirError)
+    stored = sorted(message.key for message in box.snapshot())
+    assert sorted([outcomes[0], outcomes[2]]) == stored
+    assert [open(m.path, "rb").read() for m in box.snapshot()] == [b"Subject: 0\n\nbody\n",
+                                                                   b"Subject: 2\n\nbody\n"]
+    assert os.listdir(tmp_path / "md" / "tmp") == []
+
+
+def test_a_small_message_creates_no_file_before_commit(tmp_path):
+    box = maildir_module.Maildir(str(tmp_path / "md"), "host")
+    delivery = box.begin()
+    delivery.write(b"x" * 1000 + b"\r\n")
+    assert os.listdir(tmp_path / "md" / "tmp") == []
+    delivery.abort()
+    assert os.listdir(tmp_path / "md" / "tmp") == []
+    delivery = box.begin()
+    delivery.write(b"y" * 300_000)          # past what is held in memory: written to tmp/
+    assert len(os.listdir(tmp_path / "md" / "tmp")) == 1
+    key = delivery.commit()
+    assert os.path.getsize(tmp_path / "md" / "new" / key) == 300_000

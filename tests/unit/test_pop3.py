@@ -1061,3 +1061,16 @@ def test_random_chunked_sessions_never_raise_and_reply_well_formed(script, endin
     for line in bytes(output).split(b"\r\n")[:-1]:
         assert len(line) + 2 <= 512  # RFC 2449 section 4: responses up to 512 octets
         assert STATUS_OR_CONTENT.fullmatch(line), line
+
+
+# stuff_message: the whole-message shortcut the runtime takes for small messages
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+from baremail.pop3 import MultilineEncoder, stuff_message  # noqa: E402
+
+
+@given(st.lists(st.sampled_from([b".", b"\r\n", b"\n", b"\r", b"x", b".."]), max_size=12).map(b"".join))
+def test_stuff_message_is_the_encoder_in_one_go(wire):
+    encoder = MultilineEncoder()
+    assert stuff_message(wire) == encoder.feed(wire) + encoder.finish()
