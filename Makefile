@@ -51,6 +51,14 @@ test-install: deps
 test-reliability: deps
 	$(PYTEST) -q tests/reliability
 
+# BareMail beside Postfix, Dovecot and aiosmtpd in a booted bookworm container
+# (bench/README.md has the method and the figures, which this rewrites).
+# Not part of `make test`: its figures depend on the machine, and a run takes
+# about 15 minutes. BENCH_ARGS=--quick is a smoke run of a minute or two.
+BENCH_ARGS ?=
+bench: deps
+	$(PYTHON) bench/run.py $(BENCH_ARGS)
+
 # The .debs (baremail, baremail-mta), built from a copy of the working tree
 # (which stays clean) and put into dist/. Debian's python3 first in PATH:
 # pybuild must not find another.
