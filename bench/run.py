@@ -5,7 +5,7 @@ image of the install test (with postfix, dovecot-pop3d and python3-aiosmtpd
 added: a cache of its own), installs and configures everything
 (bench/inside.py setup), runs every measurement inside the container
 (bench/inside.py measure), and writes the results into bench/README.md
-(between its "results" markers) and bench/results.json.
+(between its "results" markers) and bench/results.json (full runs only).
 
     /usr/bin/python3 bench/run.py [--quick] [--only smtp,pop3,...] [--no-readme]
 
@@ -171,12 +171,14 @@ def main() -> int:
         print(f"bench: missing host tools: {', '.join(missing)} (make deps installs them)", file=sys.stderr)
         return 69
     results = run(args)
-    (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     table = report.render(results)
     print(table)
-    if not args.no_readme and not args.quick and not args.only:
-        report.update_readme(HERE / "README.md", table)
-        say("bench/README.md updated")
+    if not args.quick and not args.only:
+        # Only a full run's figures are kept (a smoke run's mean nothing).
+        (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        if not args.no_readme:
+            report.update_readme(HERE / "README.md", table)
+            say("bench/README.md updated")
     say(f"done in {results['seconds']['total'] / 60:.1f} min")
     return 0
 

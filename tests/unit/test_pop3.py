@@ -1067,7 +1067,7 @@ def test_random_chunked_sessions_never_raise_and_reply_well_formed(script, endin
 
 from hypothesis import given, strategies as st  # noqa: E402
 
-from baremail.pop3 import MultilineEncoder, stuff_message  # noqa: E402
+from baremail.pop3 import stuff_message  # noqa: E402
 
 
 @given(st.lists(st.sampled_from([b".", b"\r\n", b"\n", b"\r", b"x", b".."]), max_size=12).map(b"".join))
