@@ -218,9 +218,6 @@ class Session(asyncio.Protocol):
         else:
             self.transport.resume_reading()
 
-    def touch(self) -> None:
-        self._last_activity = time.monotonic()
-
     # Hooks for the protocol glue. timeout_seconds() and refusal() have no
     # sensible generic answer, so every subclass defines them.
     def begin(self) -> None:
