@@ -337,6 +337,12 @@ class POP3Session:
         return self._busy
 
     @property
+    def at_rest(self) -> bool:
+        """Between commands: no Retrieve outstanding, no SASL exchange under
+        way, no input held; a stopping server may close here."""
+        return not self._busy and self._sasl is None and not self._buffer
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

@@ -35,8 +35,8 @@ class POP3Connection(Session):
         return self.config.pop3_timeout
 
     @property
-    def busy(self) -> bool:
-        return self.engine is not None and self.engine.busy
+    def at_rest(self) -> bool:
+        return self.engine is None or self.engine.at_rest
 
     def begin(self) -> None:
         self.engine = pop3.POP3Session(self.config.host_name, open_mailbox=self._snapshot)
@@ -155,7 +155,6 @@ class POP3Connection(Session):
         # RETR, _perform pauses again, and reading must stay paused for it.
         self.resume()
         self._perform(self._retrieved_ok(event))
-        self.server.stop_if_idle(self)
 
     def _retrieved_ok(self, event: pop3.Retrieve) -> list:
         message = event.message

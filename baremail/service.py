@@ -31,14 +31,20 @@ EX_OSERR = 71
 _PIECES_PER_TURN = 64   # pieces of pipelined input fed before other sessions' turn
 _PROGRESS = 64 * 1024   # octets without a line end that still count as activity
 _HELD_MAX = 64 * 1024   # replies held back to go out in one write (see write())
+# A stopping service ends a session that rests between transactions once
+# its client has been quiet this long: a client that is still sending has
+# its next command in flight within milliseconds, one that holds an idle
+# connection must not hold up a restart until stop_timeout.
+_DRAIN_QUIET = 1.0
+_DRAIN_TICK = 0.1
 
 
 class Session(asyncio.Protocol):
     """One client connection. Subclasses drive a protocol engine.
 
-    A subclass implements `begin()`, `feed(data)`, `expire()`, `refuse()`,
-    `stop()` and `busy`; the base class does registration, timeouts, flow
-    control and bookkeeping."""
+    A subclass implements `begin()`, `feed(data)`, `expire()`, `refusal()`,
+    `stop()` and `at_rest`; the base class does registration, timeouts,
+    flow control and bookkeeping."""
 
     def __init__(self, server: "Server", listener: str):
         self.server = server
@@ -242,9 +248,21 @@ class Session(asyncio.Protocol):
         """The connection is gone: drop whatever was in progress."""
 
     @property
-    def busy(self) -> bool:
-        """True while a transfer is in progress that a graceful stop should let finish."""
-        return False
+    def at_rest(self) -> bool:
+        """True between transactions (no command half-answered, no message
+        half-sent or half-received): a draining stop may end the session
+        here once the client has been quiet for a moment."""
+        return True
+
+    @property
+    def resting(self) -> bool:
+        """at_rest, and nothing of the client's is waiting to be fed or answered."""
+        return not self._unfed and not self._paused and self.at_rest
+
+    @property
+    def quiet_for(self) -> float:
+        """Seconds since the client last sent a line (or a good deal of one)."""
+        return time.monotonic() - self._last_activity
 
     # -- timeouts ---------------------------------------------------------
 
@@ -350,11 +368,13 @@ class Server:
     # -- sessions ---------------------------------------------------------
 
     def admit(self, session: Session) -> bool:
-        if self.stopping or len(self.sessions) >= self.config.max_sessions:
+        # A connection that arrives while stopping was accepted just before
+        # the listening socket closed: it is served like the others (the
+        # drain ends it), since it cannot be handed back to the socket.
+        if len(self.sessions) >= self.config.max_sessions:
             self.count("refused")
-            log.warning("refused session from %s: %s", session.peer,
-                        "stopping" if self.stopping else f"{len(self.sessions)} sessions open (max_sessions)",
-                        extra=fields(PEER=session.peer))
+            log.warning("refused session from %s: %d sessions open (max_sessions)", session.peer,
+                        len(self.sessions), extra=fields(PEER=session.peer))
             return False
         self.sessions.add(session)
         if self._idle_timer is not None:
@@ -369,9 +389,9 @@ class Server:
         self.sessions.discard(session)
         self.status_changed()
         if not self.sessions:
-            if self.stopping or self._single:
+            if self._single:
                 self._finish()
-            else:
+            elif not self.stopping:   # a stopping service finishes in _drain()
                 self._arm_idle()
 
     def count(self, name: str, amount: int = 1) -> None:
@@ -433,36 +453,49 @@ class Server:
         if self.sessions or self.stopping:
             return
         log.debug("no session for %g s: exiting until the next connection", self.config.idle_exit)
-        self._begin_stop(graceful=True)
+        self._begin_stop()
 
-    def _begin_stop(self, graceful: bool) -> None:
+    def _begin_stop(self) -> None:
+        # A draining stop (systemctl stop/restart, an upgrade, idle exit):
+        # no new connection is accepted here; they wait in the listening
+        # socket, which systemd keeps open, for the next instance. Every
+        # session already open is served normally until it ends by itself,
+        # or rests between transactions for _DRAIN_QUIET seconds, or
+        # stop_timeout runs out; only then does it hear "shutting down".
+        # So a restart costs clients latency, not errors.
         if self.stopping:
             return
         self.stopping = True
         self.notify("STOPPING=1")
         for server in self._servers:
             server.close()
+        if self.sessions:
+            grace = self.config.stop_timeout
+            log.info("stopping: serving %d open session(s) to their end, for at most %g s",
+                     len(self.sessions), grace)
+            self.notify(f"STATUS=stopping, serving {len(self.sessions)} open session(s) to their end")
+            asyncio.get_running_loop().call_later(grace, self._stop_now)
+        # Not done yet even without sessions: connections the loop accepted
+        # just before the socket closed get their sessions a moment later.
+        asyncio.get_running_loop().call_later(_DRAIN_TICK, self._drain)
+
+    def _drain(self) -> None:
         if not self.sessions:
             self._finish()
             return
         for session in list(self.sessions):
-            if not session.busy:
+            if session.resting and session.quiet_for >= _DRAIN_QUIET:
                 session.stop()
-        if self.sessions:
-            grace = self.config.stop_timeout
-            log.info("stopping: letting %d transfer(s) finish within %g s", len(self.sessions), grace)
-            asyncio.get_running_loop().call_later(grace, self._stop_now)
+        asyncio.get_running_loop().call_later(_DRAIN_TICK, self._drain)
 
     def _stop_now(self) -> None:
+        busy = len(self.sessions)
+        if busy:
+            log.info("stopping: stop_timeout reached, closing %d session(s)", busy)
         for session in list(self.sessions):
             session.stop()
         # Sessions whose transport never drains still must not keep us alive.
         asyncio.get_running_loop().call_later(2.0, self._finish)
-
-    def stop_if_idle(self, session: Session) -> None:
-        """Called by a session whose transfer just finished during a stop."""
-        if self.stopping and not session.busy and not session.closed:
-            session.stop()
 
     def _finish(self) -> None:
         if self._done is not None and not self._done.done():
@@ -529,8 +562,8 @@ class Server:
         except OSError as exc:
             log.error("cannot listen: %s", exc)
             return EX_OSERR
-        loop.add_signal_handler(signal.SIGTERM, self._begin_stop, True)
-        loop.add_signal_handler(signal.SIGINT, self._begin_stop, True)
+        loop.add_signal_handler(signal.SIGTERM, self._begin_stop)
+        loop.add_signal_handler(signal.SIGINT, self._begin_stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         self._start_watchdog()
         self.notify("READY=1\nSTATUS=" + self.status_text())

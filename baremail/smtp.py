@@ -330,6 +330,13 @@ class SMTPSession:
         return self._input in (_Input.DATA, _Input.AWAIT)
 
     @property
+    def at_rest(self) -> bool:
+        """Between mail transactions: no MAIL, AUTH or DATA under way and
+        no input held (RFC 5321 3.8: the point where a server that must
+        shut down can send 421 without cutting a transaction short)."""
+        return self._input is _Input.COMMAND and self._stage is _Stage.IDLE and not self._buf
+
+    @property
     def closed(self) -> bool:
         return self._input is _Input.CLOSED
 

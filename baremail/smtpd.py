@@ -33,8 +33,8 @@ class SMTPConnection(Session):
         return self.config.command_timeout
 
     @property
-    def busy(self) -> bool:
-        return self.engine is not None and self.engine.in_data
+    def at_rest(self) -> bool:
+        return self.engine is None or self.engine.at_rest
 
     def begin(self) -> None:
         config = self.config
@@ -140,7 +140,6 @@ class SMTPConnection(Session):
             self.server.count("accepted")
             self._perform(self.engine.message_stored(outcome))
         self.resume()
-        self.server.stop_if_idle(self)
 
     def _reply_failure(self) -> None:
         reason = "disk_full" if self._failure is not None and self._failure.disk_full else "io"

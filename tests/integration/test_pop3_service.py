@@ -4,6 +4,7 @@ import base64
 import os
 import poplib
 import shutil
+import signal
 import smtplib
 import socket
 import subprocess
@@ -137,10 +138,15 @@ def test_dropped_connection_after_dele_deletes_nothing(mail_services):
     deliver(smtp, b"Subject: keep\r\n\r\nx\r\n")
     client = pop(pop3)
     client.dele(1)
+    # shutdown(), not just close(): poplib's file object keeps the socket open.
+    client.sock.shutdown(socket.SHUT_RDWR)
     client.sock.close()
+    # The line the service writes once it has handled the drop (not the
+    # --debug line it writes at connect): only then has it decided.
     deadline = time.monotonic() + 10
-    while "session from" not in pop3.log() and time.monotonic() < deadline:
+    while " ended: " not in pop3.log() and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert " ended: " in pop3.log()
     assert len(stored_messages(smtp.maildir)) == 1
 
 
@@ -284,3 +290,26 @@ def test_retr_of_a_big_message_keeps_memory_flat(mail_services):
         after = pop3.rss_kb()
     assert total > len(body)
     assert after - before < 8 * 1024, f"RSS grew by {after - before} KB while sending 50 MB"
+
+
+def test_sigterm_serves_an_active_session_to_its_quit_and_ends_a_quiet_one(mail_services):
+    # A restart drains: the session that keeps talking is served to its
+    # QUIT, deletions included; the one that sits quiet is told
+    # [SYS/TEMP] and closed, and its DELE marks delete nothing.
+    smtp, pop3 = mail_services
+    deliver(smtp, b"Subject: 1\r\n\r\none\r\n", b"Subject: 2\r\n\r\ntwo\r\n", b"Subject: 3\r\n\r\nthree\r\n")
+    active, quiet = pop(pop3), pop(pop3)
+    pop3.wait_ready()
+    quiet.dele(3)
+    active.dele(1)
+    pop3.signal(signal.SIGTERM)
+    pop3.notify.wait_for("STOPPING=1")
+    for _ in range(6):   # 1.8 s of commands, each within the drain's quiet limit
+        assert active.noop().startswith(b"+OK")
+        time.sleep(0.3)
+    assert retr_bytes(active, 2).endswith(b"two\r\n")
+    assert quiet.sock.recv(1024).startswith(b"-ERR [SYS/TEMP]")
+    assert active.quit().startswith(b"+OK")
+    assert pop3.wait() == 0
+    remaining = stored_messages(smtp.maildir)
+    assert sorted(m.split(b"\n\n", 1)[1] for m in remaining) == [b"three\n", b"two\n"]

@@ -252,6 +252,50 @@ def test_sigterm_lets_transfer_finish_and_tells_idle_sessions_421(smtp_service):
     assert stored.endswith(b"first half\nsecond half\n")
 
 
+def test_sigterm_serves_a_transaction_in_progress_to_its_end(smtp_service):
+    # A restart must cost a client latency, not a 421 in the middle of its
+    # transaction: a session that has said MAIL when the stop begins is
+    # served on, through RCPT, DATA and a second message, until it QUITs.
+    with smtp_service.connect() as sock:
+        recv_until(sock, b"220")
+        smtp_service.wait_ready()
+        sock.sendall(b"EHLO x\r\nMAIL FROM:<a@b>\r\n")
+        assert replies(sock, 2)[-1].startswith(b"250 2.1.0")
+        smtp_service.signal(signal.SIGTERM)
+        smtp_service.notify.wait_for("STOPPING=1")
+        time.sleep(1.5)   # longer than a resting session may stay quiet in a drain
+        sock.sendall(b"RCPT TO:<c@d>\r\n")
+        assert replies(sock, 1)[0].startswith(b"250 2.1.5")
+        sock.sendall(b"DATA\r\n")
+        assert replies(sock, 1)[0].startswith(b"354")
+        sock.sendall(b"Subject: during the stop\r\n\r\none\r\n.\r\n"
+                     b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n")
+        got = replies(sock, 4)
+        assert got[0].startswith(b"250 2.0.0") and got[-1].startswith(b"354"), got
+        sock.sendall(b"Subject: second\r\n\r\ntwo\r\n.\r\nQUIT\r\n")
+        got = replies(sock, 2)
+        assert got[0].startswith(b"250 2.0.0") and got[1].startswith(b"221"), got
+    assert smtp_service.wait() == 0
+    stored = stored_messages(smtp_service.maildir)
+    assert sorted(body_of(m) for m in stored) == [b"Subject: during the stop\n\none\n",
+                                                 b"Subject: second\n\ntwo\n"]
+
+
+def test_sigterm_ends_a_transaction_that_stalls_at_stop_timeout(start_service):
+    service = start_service("smtp", stop_timeout=2)
+    with service.connect() as sock:
+        recv_until(sock, b"220")
+        service.wait_ready()
+        sock.sendall(b"EHLO x\r\nMAIL FROM:<a@b>\r\n")
+        replies(sock, 2)
+        started = time.monotonic()
+        service.signal(signal.SIGTERM)
+        assert recv_until(sock, b"\r\n", timeout=10).startswith(b"421 4.3.2")
+        assert 1.5 < time.monotonic() - started < 8
+    assert service.wait() == 0
+    assert not (service.maildir / "new").exists() or stored_messages(service.maildir) == []
+
+
 def test_command_timeout_closes_with_421(start_service):
     service = start_service("smtp", **{"smtp.command_timeout": 1})
     with service.connect() as sock:
