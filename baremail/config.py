@@ -39,6 +39,7 @@ class Config:
     pop3_listen: tuple = ("127.0.0.1:1100",)
     pop3_timeout: float = 600.0
     sendmail_server: str = "127.0.0.1:25"
+    sendmail_retry_time: float = 60.0
 
     @functools.cached_property
     def host_name(self) -> str:
@@ -106,6 +107,7 @@ _KEYS: Mapping[tuple, tuple] = {
     ("pop3", "listen"): ("pop3_listen", _addresses),
     ("pop3", "timeout"): ("pop3_timeout", _seconds),
     ("sendmail", "server"): ("sendmail_server", _address),
+    ("sendmail", "retry_time"): ("sendmail_retry_time", _seconds),
 }
 
 

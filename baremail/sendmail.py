@@ -14,6 +14,7 @@ import getpass
 import os
 import smtplib
 import sys
+import time
 from dataclasses import dataclass, field
 
 from . import config as configuration
@@ -185,10 +186,23 @@ def fail(status: int, text: str, message: bytes | None = None) -> int:
     return status
 
 
-def submit(server: tuple, sender: str, recipients: list, message: bytes, hostname: str) -> int:
+class _Attempt(Exception):
+    """One hand-over that did not end in 250: exit status, text, and whether
+    trying again may help."""
+
+    def __init__(self, status: int, text: str, retry: bool):
+        super().__init__(text)
+        self.status = status
+        self.text = text
+        self.retry = retry
+
+
+def _hand_over(server: tuple, sender: str, recipients: list, message: bytes, hostname: str,
+               timeout: float) -> None:
+    """One SMTP session to the local service; _Attempt unless the message got its 250."""
     host, port = server
     try:
-        with smtplib.SMTP(host or "127.0.0.1", port, local_hostname=hostname, timeout=120) as client:
+        with smtplib.SMTP(host or "127.0.0.1", port, local_hostname=hostname, timeout=timeout) as client:
             client.ehlo_or_helo_if_needed()
             options = ["BODY=8BITMIME"] if client.has_extn("8bitmime") else []
             if any(ord(ch) > 127 for ch in sender + "".join(recipients)) and client.has_extn("smtputf8"):
@@ -196,15 +210,50 @@ def submit(server: tuple, sender: str, recipients: list, message: bytes, hostnam
             client.sendmail(sender, recipients, message, mail_options=options)
     except smtplib.SMTPRecipientsRefused as exc:
         code = min(code for code, _ in exc.recipients.values())
-        return fail(EX_TEMPFAIL if code < 500 else EX_DATAERR, f"recipients refused: {exc.recipients}", message)
+        raise _Attempt(EX_TEMPFAIL if code < 500 else EX_DATAERR,
+                       f"recipients refused: {exc.recipients}", code < 500) from None
     except smtplib.SMTPResponseException as exc:
         text = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
-        status = EX_TEMPFAIL if 400 <= exc.smtp_code < 500 else EX_DATAERR
-        return fail(status, f"server said {exc.smtp_code} {text}", message)
+        temporary = 400 <= exc.smtp_code < 500
+        raise _Attempt(EX_TEMPFAIL if temporary else EX_DATAERR,
+                       f"server said {exc.smtp_code} {text}", temporary) from None
     except (OSError, smtplib.SMTPException) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        return fail(EX_TEMPFAIL, f"cannot reach BareMail SMTP at {host or '127.0.0.1'}:{port}: {reason}", message)
-    return EX_OK
+        raise _Attempt(EX_TEMPFAIL, f"cannot reach BareMail SMTP at {host or '127.0.0.1'}:{port}: {reason}",
+                       True) from None
+
+
+def submit(server: tuple, sender: str, recipients: list, message: bytes, hostname: str,
+           retry_time: float = 60.0, clock=time.monotonic, sleep=time.sleep) -> int:
+    """Hand the message over; on a refused or dropped connection or a 4xx
+    reply, try again with a growing pause for `retry_time` seconds (the
+    service restarting, or the package being upgraded), then exit 75 and
+    keep the message in ~/dead.letter.
+
+    Nothing is retried after a 250: the message is stored then. A session
+    that breaks after the final dot but before the reply is retried, so a
+    crash of the service at exactly that moment can store a message twice
+    (RFC 5321 6.1: duplicates rather than losses)."""
+    deadline = clock() + retry_time
+    pause = 0.1
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            # Long enough for a restart that drains its sessions first
+            # (stop_timeout), or a cold start; never past the retry time by much.
+            _hand_over(server, sender, recipients, message, hostname,
+                       timeout=max(30.0, min(120.0, deadline - clock())))
+            return EX_OK
+        except _Attempt as attempt:
+            remaining = deadline - clock()
+            if not attempt.retry or remaining <= 0:
+                text = attempt.text
+                if tries > 1:
+                    text += f" (tried {tries} times in {retry_time:g} s)"
+                return fail(attempt.status, text, message)
+        sleep(min(pause, remaining))
+        pause = min(pause * 2, 5.0)
 
 
 def main(argv=None) -> int:
@@ -230,7 +279,8 @@ def main(argv=None) -> int:
     message, recipients = complete(message, options, sender, hostname)
     if not recipients:
         return fail(EX_USAGE, "no recipients: give them as arguments or use -t with To:/Cc:/Bcc: headers")
-    return submit(configuration.parse_address(settings.sendmail_server), sender, recipients, message, hostname)
+    return submit(configuration.parse_address(settings.sendmail_server), sender, recipients, message, hostname,
+                  retry_time=settings.sendmail_retry_time)
 
 
 if __name__ == "__main__":

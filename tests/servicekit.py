@@ -79,9 +79,10 @@ class NotifyListener:
 class Service:
     """One BareMail program under systemd-socket-activate."""
 
-    def __init__(self, kind: str, workdir: Path, maildir: Path, settings: dict, env: dict | None = None):
+    def __init__(self, kind: str, workdir: Path, maildir: Path, settings: dict, env: dict | None = None,
+                 port: int | None = None):
         self.kind = kind
-        self.port = free_port()
+        self.port = port or free_port()
         self.maildir = maildir
         self.config = workdir / f"{kind}.conf"
         sections: dict[str, dict] = {"baremail": {"maildir": str(maildir), "hostname": "test.example",
@@ -154,8 +155,9 @@ class Service:
 def start_service(tmp_path):
     started: list[Service] = []
 
-    def start(kind: str, maildir: Path | None = None, env: dict | None = None, **settings) -> Service:
-        service = Service(kind, tmp_path, maildir or tmp_path / "Maildir", settings, env)
+    def start(kind: str, maildir: Path | None = None, env: dict | None = None, port: int | None = None,
+              **settings) -> Service:
+        service = Service(kind, tmp_path, maildir or tmp_path / "Maildir", settings, env, port)
         started.append(service)
         return service
 

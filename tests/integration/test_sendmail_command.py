@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -72,7 +73,7 @@ def test_eight_bit_content_arrives_intact(target):
 
 def test_service_down_exits_75_and_keeps_the_message(tmp_path):
     config = tmp_path / "down.conf"
-    config.write_text(f"[sendmail]\nserver = 127.0.0.1:{free_port()}\n")
+    config.write_text(f"[sendmail]\nserver = 127.0.0.1:{free_port()}\nretry_time = 1\n")
     run = sendmail(config, ["root"], b"Subject: lost?\n\nnot lost\n", home=tmp_path)
     assert run.returncode == 75
     err = run.stderr.decode()
@@ -90,3 +91,28 @@ def test_bad_option_is_a_usage_error(target):
     _, config = target
     run = sendmail(config, ["-Z", "root"], b"x")
     assert run.returncode == 64 and run.stderr.decode().count("\n") == 1
+
+
+def test_service_not_there_yet_is_waited_for_and_the_message_lands_once(start_service, tmp_path):
+    # What a restart or an upgrade looks like from sendmail's side: the
+    # port refuses for a while, then the service answers.
+    port = free_port()
+    config = tmp_path / "later.conf"
+    config.write_text(f"[sendmail]\nserver = 127.0.0.1:{port}\nretry_time = 30\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BAREMAIL_CONFIG=str(config), HOME=str(tmp_path))
+    process = subprocess.Popen([PYTHON, "-m", "baremail.sendmail", "root"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        process.stdin.write(b"Subject: patience\n\nit waited\n")
+        process.stdin.close()
+        time.sleep(1.5)   # the outage: sendmail meets a closed port meanwhile
+        assert process.poll() is None, process.stderr.read()
+        service = start_service("smtp", port=port)
+        assert process.wait(30) == 0, process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    [stored] = stored_messages(service.maildir)
+    assert stored.endswith(b"\n\nit waited\n")
+    assert not (tmp_path / "dead.letter").exists()

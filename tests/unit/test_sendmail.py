@@ -76,3 +76,120 @@ def test_message_without_headers_gets_a_header_block():
 def test_eight_bit_content_passes_through():
     message, _ = complete("Subject: ü\n\nGrüße\n".encode(), Options(recipients=["r"]), "s@h", "h")
     assert "Grüße\r\n".encode() in message and "Subject: ü".encode() in message
+
+
+# -- handing over, with retries (a restarting service, an upgrade) ----------
+
+import socket
+import threading
+
+from baremail.sendmail import EX_DATAERR, EX_OK, EX_TEMPFAIL, submit
+
+
+class FakeSMTP:
+    """A scripted SMTP server on loopback: `script(n)` tells, for the n-th
+    connection (from 0), the reply to MAIL FROM and what to do after the
+    message's 250 ("quit" answers QUIT, "drop" closes at once)."""
+
+    def __init__(self, script):
+        self.script = script
+        self.messages: list = []
+        self.connections = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                self._session(conn, self.script(self.connections - 1))
+
+    def _session(self, conn, plan):
+        mail_reply, after = plan
+        reader = conn.makefile("rb")
+        conn.sendall(b"220 fake ESMTP\r\n")
+        while True:
+            line = reader.readline()
+            if not line:
+                return
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                conn.sendall(b"250-fake\r\n250 8BITMIME\r\n")
+            elif verb == b"MAIL":
+                conn.sendall(mail_reply + b"\r\n")
+            elif verb == b"RCPT":
+                conn.sendall(b"250 ok\r\n")
+            elif verb == b"DATA":
+                conn.sendall(b"354 go\r\n")
+                data = b""
+                while not data.endswith(b"\r\n.\r\n"):
+                    data += reader.readline()
+                self.messages.append(data)
+                conn.sendall(b"250 2.0.0 queued\r\n")
+                if after == "drop":
+                    return
+            elif verb == b"QUIT":
+                conn.sendall(b"221 bye\r\n")
+                return
+            else:
+                conn.sendall(b"250 ok\r\n")
+
+    def close(self):
+        self.sock.close()
+
+
+def hand_over(server, retry_time=10.0, sleeps=None):
+    return submit(("127.0.0.1", server.port), "a@b", ["root"], b"Subject: x\r\n\r\nx\r\n", "host",
+                  retry_time=retry_time, sleep=(sleeps.append if sleeps is not None else lambda s: None))
+
+
+def test_a_temporary_refusal_is_retried_until_the_message_is_stored(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    server = FakeSMTP(lambda n: (b"421 4.3.2 shutting down" if n < 3 else b"250 ok", "quit"))
+    sleeps: list = []
+    try:
+        assert hand_over(server, sleeps=sleeps) == EX_OK
+    finally:
+        server.close()
+    assert len(server.messages) == 1
+    assert sleeps == [0.1, 0.2, 0.4]   # growing pauses between tries
+    assert not (tmp_path / "dead.letter").exists()
+
+
+def test_nothing_is_sent_again_after_a_250_even_if_the_session_then_breaks(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    server = FakeSMTP(lambda n: (b"250 ok", "drop"))
+    try:
+        assert hand_over(server) == EX_OK
+    finally:
+        server.close()
+    assert len(server.messages) == 1 and server.connections == 1
+
+
+def test_a_permanent_refusal_is_not_retried(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    server = FakeSMTP(lambda n: (b"550 5.7.1 no", "quit"))
+    try:
+        assert hand_over(server) == EX_DATAERR
+    finally:
+        server.close()
+    assert server.connections == 1 and server.messages == []
+    assert "550" in capsys.readouterr().err
+
+
+def test_retrying_gives_up_after_the_retry_time_and_keeps_the_message(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    server = FakeSMTP(lambda n: (b"451 4.3.0 try later", "quit"))
+    try:
+        assert hand_over(server, retry_time=0.5) == EX_TEMPFAIL
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "451" in err and "tried" in err and "dead.letter" in err
+    assert b"Subject: x" in (tmp_path / "dead.letter").read_bytes()
