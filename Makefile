@@ -6,27 +6,41 @@ SMTP_LISTEN ?= 127.0.0.1:2525
 POP3_LISTEN ?= 127.0.0.1:1100
 MAILDIR     ?= $(CURDIR)/Maildir
 
-# What the services, the tests and the .deb build need on Debian 12.
-APT_PACKAGES = python3 python3-systemd python3-sdnotify python3-pytest \
-	python3-hypothesis swaks curl fetchmail mpop systemd systemd-container \
-	mmdebstrap dpkg-dev debhelper dh-python pybuild-plugin-pyproject \
-	python3-setuptools python3-all man-db debian-archive-keyring util-linux strace \
-	lintian piuparts
+# Debian packages, by what needs them. `make run` installs only the first
+# list: running BareMail from the checkout needs nothing else.
+RUN_PACKAGES = python3 python3-systemd python3-sdnotify systemd
+# `make deb` (and the unit tests dpkg-buildpackage runs).
+BUILD_PACKAGES = dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-setuptools \
+	python3-all man-db python3-pytest python3-hypothesis
+# `make test`: real clients, the containers of the install tests, lintian, piuparts.
+TEST_PACKAGES = $(RUN_PACKAGES) $(BUILD_PACKAGES) swaks curl fetchmail mpop systemd-container \
+	mmdebstrap debian-archive-keyring util-linux strace lintian piuparts
 
-.PHONY: deps run test test-unit test-integration test-install test-reliability deb lintian bench clean
+.PHONY: deps run-deps build-deps run test test-unit test-integration test-install test-reliability deb lintian bench clean
 
-deps:
-	@missing=$$(for p in $(APT_PACKAGES); do \
+# Installs whichever of $(1) are missing (apt-get update only then).
+define apt_install
+	@missing=$$(for p in $(1); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
 	done); \
 	if [ -n "$$missing" ]; then \
 	    echo "installing:" $$missing; \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
+endef
+
+deps:
+	$(call apt_install,$(TEST_PACKAGES))
+
+run-deps:
+	$(call apt_install,$(RUN_PACKAGES))
+
+build-deps:
+	$(call apt_install,$(BUILD_PACKAGES))
 
 # Both services in the foreground, socket-activated exactly as systemd would
 # (real fd passing), storing into ./Maildir. Ctrl-C stops both.
-run: deps
+run: run-deps
 	@echo "SMTP on $(SMTP_LISTEN), POP3 on $(POP3_LISTEN), Maildir $(MAILDIR)"
 	@trap 'kill 0' INT TERM; \
 	PYTHONPATH=$(CURDIR) systemd-socket-activate -l $(SMTP_LISTEN) --fdname=smtp \
@@ -63,7 +77,7 @@ bench: deps
 # (which stays clean) and put into dist/. Debian's python3 first in PATH:
 # pybuild must not find another.
 DEB_BUILD_DIR = build/deb
-deb: deps
+deb: build-deps
 	rm -rf $(DEB_BUILD_DIR) && mkdir -p $(DEB_BUILD_DIR)/baremail dist
 	tar -C $(CURDIR) --exclude=./.git --exclude=./build --exclude=./dist --exclude=./Maildir \
 	    --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis --exclude=.pybuild \
@@ -76,6 +90,7 @@ deb: deps
 # lintian as the install tests run it (tests/install/test_lintian.py), on what
 # `make deb` put into dist/.
 lintian: deb
+	$(call apt_install,lintian)
 	PATH=/usr/sbin:/usr/bin:/sbin:/bin lintian --pedantic --display-info --display-experimental \
 	    --show-overrides dist/baremail_*.changes
 

@@ -112,7 +112,7 @@ def run(args) -> dict:
         started = time.monotonic()
         say("building the .deb from the working tree")
         deb = container.build_deb(work, "deb")
-        image = container.cached_rootfs(say, EXTRA_PACKAGES)
+        image = container.cached_rootfs(say, extra_packages=EXTRA_PACKAGES)
         root = work / "root"
         subprocess.run(["cp", "-a", "--reflink=auto", str(image), str(root)], check=True)
         box = container.Container(root, work / "container.log")

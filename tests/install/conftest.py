@@ -1,5 +1,6 @@
-"""Fixtures for the container tests: `box` is a booted Debian 12 with the
-.debs in /root/debs, one per test module, always stopped and removed."""
+"""Fixtures for the container tests: `box` is a booted Debian 13 or 12 with
+the .debs in /root/debs, one per test module and release (every container
+test runs on both), always stopped and removed."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from container import (CONTAINER_PATH, DEBS_IN_CONTAINER, UPGRADE_VERSION, WORK_PARENT, WORK_PREFIX,
-                       Container, Reporter, _remove_stale_work_dirs, _started, build_deb,
-                       cached_rootfs, remove_tree, sibling_deb)
+from container import (CONTAINER_PATH, DEBS_IN_CONTAINER, NUMBERS, RELEASES, UPGRADE_VERSION,
+                       WORK_PARENT, WORK_PREFIX, Container, Reporter, _remove_stale_work_dirs, _started,
+                       build_deb, cached_rootfs, remove_tree, sibling_deb)
 
 
 # -- fixtures ---------------------------------------------------------------
@@ -74,23 +75,29 @@ def debs(work, _built) -> dict:
     return dict(_built)
 
 
+@pytest.fixture(scope="module", params=RELEASES, ids=[f"debian{NUMBERS[r]}" for r in RELEASES])
+def release(request) -> str:
+    """The Debian release the module's container runs (its codename)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def box(work, debs, say):
-    """The booted container, with all the .debs in /root/debs (box.debs:
-    kind -> path in the container, as in `debs`)."""
-    image = cached_rootfs(say)
+def box(release, work, debs, say):
+    """The booted container of `release`, with all the .debs in /root/debs
+    (box.debs: kind -> path in the container, as in `debs`)."""
+    image = cached_rootfs(say, release)
     started = time.monotonic()
-    root = work / "root"
+    root = work / f"root-{release}"
     subprocess.run(["cp", "-a", "--reflink=auto", str(image), str(root)], check=True)
-    container = Container(root, work / "container.log")
+    container = Container(root, work / f"container-{release}.log")
+    container.release = release
     try:
         container.boot()
-        say(f"container copied and booted in {time.monotonic() - started:.1f} s")
+        say(f"Debian {NUMBERS[release]} ({release}) container copied and booted in "
+            f"{time.monotonic() - started:.1f} s")
         container.debs.update({kind: container.put(path, DEBS_IN_CONTAINER)
                                for kind, path in debs.items()})
         yield container
     finally:
         container.stop()
         remove_tree(root)
-
-

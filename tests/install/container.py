@@ -1,11 +1,12 @@
-"""Harness for tests that need a real systemd: a cached bookworm root file
-system from mmdebstrap, booted with systemd-nspawn, commands run through
-nsenter, and BareMail's .debs built from the working tree.
+"""Harness for tests that need a real systemd: a cached root file system of
+Debian 13 (trixie) or Debian 12 (bookworm) from mmdebstrap, booted with
+systemd-nspawn, commands run through nsenter, and BareMail's .debs built
+from the working tree.
 
 * The package is built from a copy of the working tree with
   ``dpkg-buildpackage``; the tree itself is not touched.
-* The root file system is cached under
-  /var/cache/baremail-tests/rootfs-<hash of what goes into it>/. It is built
+* Each release's root file system is cached under
+  /var/cache/baremail-tests/rootfs-<release>-<kind>-<hash of what goes into it>/. It is built
   in a ``.partial`` directory and renamed when complete, under a lock, so an
   interrupted build never leaves a cache that looks valid.
 * Each test module copies it, boots the copy with ``systemd-nspawn --boot
@@ -38,12 +39,20 @@ CACHE_DIR = Path(os.environ.get("BAREMAIL_TEST_CACHE", "/var/cache/baremail-test
 WORK_PARENT = Path("/var/tmp")
 WORK_PREFIX = "baremail-install-"
 
-SUITE = "bookworm"
-MIRRORS = (
-    "deb http://deb.debian.org/debian bookworm main",
-    "deb http://deb.debian.org/debian bookworm-updates main",
-    "deb http://deb.debian.org/debian-security bookworm-security main",
-)
+# The Debian releases the install tests boot: 13 (trixie, the current
+# stable release) and 12 (bookworm). Every container test runs on each.
+RELEASES = ("trixie", "bookworm")
+NUMBERS = {"bookworm": 12, "trixie": 13}
+# The release of this build host: lintian and piuparts run there.
+HOST_RELEASE = "bookworm"
+
+
+def mirrors(suite: str) -> tuple:
+    return (f"deb http://deb.debian.org/debian {suite} main",
+            f"deb http://deb.debian.org/debian {suite}-updates main",
+            f"deb http://deb.debian.org/debian-security {suite}-security main")
+
+
 # Installed in the image. swaks needs libio-socket-inet6-perl for IPv6 and
 # netbase (/etc/protocols) for anything. autopkgtest runs debian/tests inside
 # the booted container (test_autopkgtest.py).
@@ -181,7 +190,7 @@ def sibling_deb(deb: Path, package: str) -> Path:
 
 # -- the cached root file system -------------------------------------------
 
-def _mmdebstrap_command(target: Path, extra_packages: tuple = ()) -> tuple:
+def _mmdebstrap_command(suite: str, target: Path, extra_packages: tuple = ()) -> tuple:
     hooks = [
         f'systemctl --root="$1" mask {" ".join(ROOTFS_MASKED)}',
         f'mkdir -p "$1{ROOTFS_DEBS_DIR}" && chroot "$1" sh -c '
@@ -190,48 +199,52 @@ def _mmdebstrap_command(target: Path, extra_packages: tuple = ()) -> tuple:
     command = ["mmdebstrap", "--mode=root", "--format=directory", "--variant=apt",
                "--include=" + ",".join(ROOTFS_PACKAGES + tuple(extra_packages))]
     command += [f"--customize-hook={hook}" for hook in hooks]
-    return command + [SUITE, str(target), *MIRRORS], hooks
+    return command + [suite, str(target), *mirrors(suite)], hooks
 
 
-def rootfs_key(extra_packages: tuple = ()) -> str:
-    _, hooks = _mmdebstrap_command(Path("/x"))
-    recipe = [SUITE, MIRRORS, ROOTFS_PACKAGES, ROOTFS_DOWNLOADS, hooks]
+def rootfs_key(suite: str, extra_packages: tuple = ()) -> str:
+    _, hooks = _mmdebstrap_command(suite, Path("/x"))
+    recipe = [suite, mirrors(suite), ROOTFS_PACKAGES, ROOTFS_DOWNLOADS, hooks]
     if extra_packages:
         recipe.append(sorted(extra_packages))
     return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
 
 
-# With extra packages (the benchmark's Postfix, Dovecot, aiosmtpd) the image
-# is cached under a name of its own, and each kind only replaces its own
-# outdated builds: the plain image and the extended one live side by side.
-_EXTENDED = "rootfs-plus-"
+def _image_prefix(suite: str, extra_packages: tuple) -> str:
+    # With extra packages (the benchmark's Postfix, Dovecot, aiosmtpd; the
+    # build tools of the Debian 13 build test) an image is cached under a
+    # name of its own. Each (release, kind) only replaces its own outdated
+    # builds: plain and extended images of both releases live side by side.
+    kind = "plus-" + hashlib.sha256(json.dumps(sorted(extra_packages)).encode()).hexdigest()[:6] \
+        if extra_packages else "plain"
+    return f"rootfs-{suite}-{kind}-"
 
 
-def _stale_images(extended: bool) -> list:
-    return [path for path in CACHE_DIR.glob("rootfs-*")
-            if path.name.startswith(_EXTENDED) == extended]
-
-
-def cached_rootfs(say: Reporter, extra_packages: tuple = ()) -> Path:
-    """The cached root file system; with `extra_packages`, one that has
-    those installed as well (built once, cached under its own name)."""
+def cached_rootfs(say: Reporter, suite: str = HOST_RELEASE, extra_packages: tuple = ()) -> Path:
+    """The cached root file system of `suite`; with `extra_packages`, one
+    that has those installed as well (built once, cached under its own name)."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     extra_packages = tuple(extra_packages)
-    prefix = _EXTENDED if extra_packages else "rootfs-"
-    final = CACHE_DIR / f"{prefix}{rootfs_key(extra_packages)}"
+    prefix = _image_prefix(suite, extra_packages)
+    final = CACHE_DIR / f"{prefix}{rootfs_key(suite, extra_packages)}"
     with open(CACHE_DIR / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; others wait, then reuse
         if (final / "etc" / "os-release").exists():
             say(f"using the cached root file system {final}")
             return final
-        for stale in _stale_images(bool(extra_packages)):  # partial builds, outdated recipes
-            say(f"removing {stale}")
-            remove_tree(stale)
+        # Partial builds and outdated recipes of this kind; images from
+        # before images were named by release go too.
+        stale = [path for path in CACHE_DIR.glob(prefix + "*")]
+        stale += [path for path in CACHE_DIR.glob("rootfs-*")
+                  if not path.name.startswith(tuple(f"rootfs-{r}-" for r in RELEASES))]
+        for path in stale:
+            say(f"removing {path}")
+            remove_tree(path)
         partial = CACHE_DIR / f"{final.name}.partial"
-        command, _ = _mmdebstrap_command(partial, extra_packages)
-        say(f"building the {SUITE} root file system (a few minutes; cached afterwards in {final})")
+        command, _ = _mmdebstrap_command(suite, partial, extra_packages)
+        say(f"building the {suite} root file system (a few minutes; cached afterwards in {final})")
         started = time.monotonic()
-        log = CACHE_DIR / "mmdebstrap.log"
+        log = CACHE_DIR / f"mmdebstrap-{suite}.log"
         with open(log, "w") as output:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True, env=_clean_env())

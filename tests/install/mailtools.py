@@ -90,13 +90,6 @@ def installed_status(box: Container) -> str:
     return box.run("dpkg-query", "-W", "-f=${Status}", "baremail", check=False).stdout
 
 
-def reset_start_limits(box: Container) -> None:
-    # Tests start the services faster than any real use; keep systemd's start
-    # rate limit (5 per 10 s) from turning a test into a false failure.
-    box.run("systemctl", "reset-failed", "baremail-smtp.service", "baremail-pop3.service",
-            check=False)
-
-
 def journal(box: Container, *args: str) -> list:
     out = box.run("journalctl", "--no-pager", "-o", "cat", *args).stdout
     return [line for line in out.splitlines() if line.strip()]

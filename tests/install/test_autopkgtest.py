@@ -34,7 +34,15 @@ def test_debian_tests_pass_under_autopkgtest(box, debs, say):
     box.run("mv", "/etc/apt/sources.list", "/etc/apt/sources.list.offline")
     packages = [box.debs["current"], box.debs["mta-current"]]
     assert all(path.startswith(DEBS_IN_CONTAINER) for path in packages)
-    result = box.run("autopkgtest", "--output-dir", OUT_IN_CONTAINER, SRC_IN_CONTAINER + "/",
+    # Debian 12's null server grants isolation-machine by itself. Debian
+    # 13's (autopkgtest 5.49) grants no isolation, and told to fake it
+    # (--fake-capability) it fails an assertion of its own; the booted
+    # container is the isolation the tests ask for, so there autopkgtest
+    # is told to take that restriction as met.
+    options = []
+    if box.release != "bookworm":
+        options.append("--ignore-restrictions=isolation-container")
+    result = box.run("autopkgtest", *options, "--output-dir", OUT_IN_CONTAINER, SRC_IN_CONTAINER + "/",
                      *packages, "--", "null", check=False, timeout=600)
     log = result.stdout + result.stderr
     summary = box.run("cat", f"{OUT_IN_CONTAINER}/summary", check=False).stdout

@@ -32,7 +32,7 @@ import pytest
 
 from container import Container, POP3_PORT, SMTP_PORTS, UPGRADE_VERSION
 from mailtools import (apt, enabled, installed_status, journal, listening, pop3_messages, probe,
-                       reset_start_limits, show, stored_keys, wait_for)
+                       show, stored_keys, wait_for)
 
 SOCKETS = ("baremail-smtp.socket", "baremail-submission.socket", "baremail-pop3.socket")
 # The listener name in the journal (FileDescriptorName= of the socket unit) by port.
@@ -61,7 +61,7 @@ def message(marker: str, client: str) -> bytes:
 # -- the tests, in the order an administrator would go ------------------------
 
 @pytest.fixture(scope="module")
-def shared() -> dict:
+def shared(box) -> dict:
     """What one test learns and a later one checks (mail keys)."""
     return {}
 
@@ -131,7 +131,6 @@ def test_container_enforces_ip_address_deny(box):
 
 
 def test_enable_now_of_the_sockets_enables_and_starts_port_587_too(box):
-    reset_start_limits(box)
     box.run("systemctl", "disable", "--now", "baremail-smtp.socket", "baremail-pop3.socket")
     for socket in SOCKETS:
         assert show(box, socket, "ActiveState") == "inactive", socket
@@ -157,7 +156,6 @@ def _listeners_of(box: Container, pid: str) -> set:
 @pytest.mark.parametrize("port", [587, 25])
 def test_service_started_by_either_socket_gets_all_four(box, port):
     unit = "baremail-smtp.service"
-    reset_start_limits(box)
     box.run("systemctl", "stop", unit)
     assert probe(box, "127.0.0.1", port).startswith("220 ")
     pid = show(box, unit, "MainPID")
@@ -246,7 +244,6 @@ def test_reload_rereads_the_configuration(box):
 @pytest.mark.parametrize("action", ["restart", "stop"])
 def test_restart_and_stop_leave_the_socket_serving(box, action):
     unit = "baremail-smtp.service"
-    reset_start_limits(box)
     probe(box, "127.0.0.1", 25)
     box.run("systemctl", action, unit)
     assert show(box, "baremail-smtp.socket", "ActiveState") == "active"
@@ -255,7 +252,6 @@ def test_restart_and_stop_leave_the_socket_serving(box, action):
 
 
 def test_service_started_by_hand_pulls_in_its_sockets(box):
-    reset_start_limits(box)
     # Takes port 587 (PartOf=) and the service (Requires=) with it.
     box.run("systemctl", "stop", "baremail-smtp.socket")
     assert show(box, "baremail-smtp.service", "ActiveState") == "inactive"
@@ -270,7 +266,6 @@ def test_service_started_by_hand_pulls_in_its_sockets(box):
 
 def test_stopping_the_submission_socket_stops_the_service(box):
     # Or the service would go on serving port 587 with its copy of the socket.
-    reset_start_limits(box)
     probe(box, "127.0.0.1", 25)
     box.run("systemctl", "stop", "baremail-submission.socket")
     assert show(box, "baremail-smtp.service", "ActiveState") == "inactive"
@@ -282,7 +277,6 @@ def test_stopping_the_submission_socket_stops_the_service(box):
 
 def test_killed_service_is_started_again(box):
     unit = "baremail-smtp.service"
-    reset_start_limits(box)
     probe(box, "127.0.0.1", 25)
     old = show(box, unit, "MainPID")
     box.run("kill", "-9", old)
@@ -297,7 +291,6 @@ def test_killed_service_is_started_again(box):
 def test_security_exposure_is_at_most_half_a_point_while_mail_flows(box, say, record_property,
                                                                    name, port):
     unit = f"baremail-{name}.service"
-    reset_start_limits(box)
     if name == "smtp":
         _send(box, "curl", "127.0.0.1:25", message(f"m{uuid.uuid4().hex[:12]}", "exposure"))
     else:
@@ -345,7 +338,6 @@ def _assert_edit_kept_and_used(box: Container) -> None:
     box.run("grep", "-qx", CONF_EDIT, "/etc/baremail/baremail.conf")
     # No .dpkg-dist / .dpkg-old: dpkg kept the edit without asking.
     assert box.run("ls", "/etc/baremail").stdout.split() == ["baremail.conf"]
-    reset_start_limits(box)
     box.run("systemctl", "restart", "baremail-smtp.service")
     assert probe(box, "127.0.0.1", 25) == "220 mail.install-test.example ESMTP BareMail"
 
@@ -362,7 +354,6 @@ def test_reinstall_keeps_mail_and_conffile_edit(box, shared):
 
 def test_upgrade_keeps_mail_and_conffile_edit_and_restarts_a_running_service(box):
     keys = stored_keys(box)
-    reset_start_limits(box)
     probe(box, "127.0.0.1", 110)
     pid = show(box, "baremail-pop3.service", "MainPID")
     result = apt(box, "install", box.debs["upgrade"])

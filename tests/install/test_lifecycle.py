@@ -65,7 +65,7 @@ def baremail_units(box: Container) -> dict:
 
 
 @pytest.fixture(scope="module")
-def shared() -> dict:
+def shared(box) -> dict:
     return {}
 
 
