@@ -58,11 +58,12 @@ def _main(service: str, argv=None) -> int:
     sys.modules.setdefault("ssl", None)
     from . import journal
     journal.setup(f"baremail-{service}", debug=args.debug)
+    from .service import Server
     if service == "smtp":
-        from .smtpd import make_server
+        from .smtpd import SMTPConnection as connection
     else:
-        from .pop3d import make_server
-    return make_server(load).run()
+        from .pop3d import POP3Connection as connection
+    return Server(load, connection).run()
 
 
 def smtp_main(argv=None) -> int:

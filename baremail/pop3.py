@@ -22,14 +22,14 @@ body of a multi-line reply; the runtime uses it to perform a Retrieve.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import os
 import re
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+from .engine import OVERLONG, Close, LineReader, Output, SaslExchange, Send
 
 __all__ = [
     "Close",
@@ -47,24 +47,12 @@ __all__ = [
 ]
 
 
-# --- Events -----------------------------------------------------------------
+# --- Events (Send and Close come from the engine kit) -------------------------
 
 
-# Events are immutable by convention. Send and Retrieve are made for every
-# message of a retrieval, and a frozen dataclass's __init__ costs three times
-# a plain one's, so these two are plain (with the hash a frozen one has).
-@dataclass(unsafe_hash=True)
-class Send:
-    """Write these bytes to the client."""
-
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Close:
-    """Flush pending writes, then close the connection."""
-
-
+# Events are immutable by convention. A Retrieve is made for every message
+# of a retrieval, and a frozen dataclass's __init__ costs three times a
+# plain one's, so it is plain (with the hash a frozen one has).
 @dataclass(unsafe_hash=True)
 class Retrieve:
     """Stream one message to the client, then call `POP3Session.retrieved()`.
@@ -163,12 +151,16 @@ _COMMANDS = {
     b"QUIT": _Syntax(0, 0, "QUIT"),
 }
 
-# SASL mechanisms: the challenges the server sends, one per client response.
-# LOGIN (draft-murchison-sasl-login) prompts base64 "Username:", "Password:".
-_SASL_CHALLENGES = {
-    b"PLAIN": (b"",),
-    b"LOGIN": (b"Username:", b"Password:"),
-}
+# A LIST or UIDL answers a few octets with a line per message: in
+# pipelined input, such a line ends the piece fed at once (intake()), so
+# that the commands after it wait while its reply backs up. Other commands
+# go in whole lines up to _COMMAND_PIECE at once.
+_LISTINGS = frozenset({b"LIST", b"UIDL"})
+_COMMAND_PIECE = 4096
+
+# The replies to a SASL exchange that ended without a login.
+_SASL_FAILURES = {"cancelled": "auth_cancelled", "bad_base64": "bad_base64",
+                  "malformed": "bad_plain", "no_user": "bad_plain"}
 
 # RFC 2449 section 5: capabilities of the AUTHORIZATION state MUST be
 # announced in both states, so one list serves CAPA everywhere.
@@ -202,6 +194,7 @@ _REPLIES = {
     "auth_cancelled": "-ERR authentication cancelled",
     "bad_base64": "-ERR SASL response is not valid base64",
     "bad_plain": "-ERR malformed PLAIN response",
+    "no_user_name": "-ERR a user name is needed",
     "stat": "+OK {count} {octets}",
     "listing": "+OK {count} messages ({octets} octets)",
     "list_one": "+OK {number} {size}",
@@ -225,6 +218,7 @@ _REPLIES = {
     "input_overflow": "-ERR too much pipelined input; closing connection",
     "timeout": "-ERR autologout; idle for too long",
     "shutdown": "-ERR [SYS/TEMP] server shutting down",
+    "too_many_sessions": "-ERR [SYS/TEMP] Too many sessions, try again later",
 }
 
 
@@ -238,7 +232,6 @@ def _multiline(name: str, lines, **fields: object) -> bytes:
 
 
 _NUMBER = re.compile(rb"[0-9]{1,20}")
-_OVERLONG = object()  # stands in for a command line that exceeded its limit
 
 
 def unique_id(key: str) -> str:
@@ -260,30 +253,6 @@ def unique_id(key: str) -> str:
 
 
 # --- The session ---------------------------------------------------------------
-
-
-class _Output:
-    """Collects events; consecutive Send data is coalesced into one Send."""
-
-    def __init__(self) -> None:
-        self.events: list = []
-        self._pending = bytearray()
-
-    def send(self, data: bytes) -> None:
-        self._pending += data
-
-    def event(self, event: object) -> None:
-        self._flush()
-        self.events.append(event)
-
-    def done(self) -> list:
-        self._flush()
-        return self.events
-
-    def _flush(self) -> None:
-        if self._pending:
-            self.events.append(Send(bytes(self._pending)))
-            self._pending.clear()
 
 
 class POP3Session:
@@ -311,14 +280,13 @@ class POP3Session:
         self._clock = clock
         self._pid = os.getpid() if pid is None else pid
         self._state = State.AUTHORIZATION
-        self._buffer = bytearray()
-        self._discarding = False  # inside an over-long line, dropping to its LF
+        self._reader = LineReader(MAX_COMMAND_LINE)
         self._overflowed = False
         self._busy = False
         self._retrieving: Retrieve | None = None
         self._closed = False
         self._user: str | None = None
-        self._sasl: tuple | None = None  # (mechanism, responses so far)
+        self._sasl: SaslExchange | None = None  # the AUTH exchange under way
         self._messages: tuple = ()
         self._deleted: set = set()  # indexes into _messages
         self._retrieved_count = 0
@@ -340,7 +308,7 @@ class POP3Session:
     def at_rest(self) -> bool:
         """Between commands: no Retrieve outstanding, no SASL exchange under
         way, no input held; a stopping server may close here."""
-        return not self._busy and self._sasl is None and not self._buffer
+        return not self._busy and self._sasl is None and not self._reader
 
     @property
     def closed(self) -> bool:
@@ -351,7 +319,7 @@ class POP3Session:
         """Octets of client input held. Below the line limit after receive()
         returns, unless a Retrieve is outstanding: then the rest of the data
         that started it plus at most MAX_PENDING_INPUT."""
-        return len(self._buffer)
+        return len(self._reader)
 
     @property
     def user(self) -> str | None:
@@ -378,6 +346,26 @@ class POP3Session:
         """Messages handed to the runtime in Update (0 until QUIT)."""
         return self._deleted_count
 
+    @staticmethod
+    def refusal(hostname: str) -> bytes:
+        """The reply to a client over the session cap."""
+        return _reply("too_many_sessions")
+
+    def intake(self, held) -> int:
+        """How many octets of pipelined `held` input to feed at once: whole
+        lines, up to _COMMAND_PIECE, and a LIST or UIDL command ends its
+        piece (see _LISTINGS)."""
+        size = min(len(held), _COMMAND_PIECE)
+        start = 0
+        while True:
+            end = held.find(b"\n", start, size)
+            if end < 0:
+                return start or size
+            verb = bytes(held[start:end]).rstrip(b"\r").partition(b" ")[0].upper()
+            start = end + 1
+            if verb in _LISTINGS:
+                return start
+
     # --- Entry points ------------------------------------------------------------
 
     def start(self) -> list:
@@ -390,13 +378,13 @@ class POP3Session:
         if self._closed:
             return []
         if self._busy:
-            if self._overflowed or len(self._buffer) + len(data) > MAX_PENDING_INPUT:
+            if self._overflowed or len(self._reader) + len(data) > MAX_PENDING_INPUT:
                 self._overflowed = True
             else:
-                self._buffer += data
+                self._reader.feed(data)
             return []
-        self._buffer += data
-        return self._run(_Output())
+        self._reader.feed(data)
+        return self._run(Output())
 
     def retrieved(self, ok: bool) -> list:
         """The runtime performed the outstanding Retrieve; `ok` is False if the
@@ -411,10 +399,11 @@ class POP3Session:
         if ok and retrieve.lines is None:
             self._retrieved_count += 1
             self._retrieved_octets += retrieve.message.size
-        out = _Output()
+        out = Output()
         if self._overflowed:
             out.send(_reply("input_overflow"))
-            return self._close(out)
+            self._close(out)
+            return out.take()
         return self._run(out)
 
     def timeout(self) -> list:
@@ -427,49 +416,24 @@ class POP3Session:
 
     # --- Input ---------------------------------------------------------------------
 
-    def _run(self, out: _Output) -> list:
+    def _run(self, out: Output) -> list:
+        reader = self._reader
         while not self._busy and not self._closed:
-            line = self._next_line()
+            reader.limit = MAX_SASL_LINE if self._sasl is not None else MAX_COMMAND_LINE
+            line = reader.next_line()
             if line is None:
                 break
-            if line is _OVERLONG:
+            if line is OVERLONG:
                 out.send(_reply("line_too_long"))
             elif self._sasl is not None:
-                self._sasl_response(line, out)
+                self._sasl_step(self._sasl.respond(line), out)
             else:
                 self._command(line, out)
-        return out.done()
-
-    def _next_line(self):
-        """The next complete line without its line end, _OVERLONG, or None.
-
-        Keeps the buffer below the line limit: an over-long line is dropped
-        as it arrives and answered once its LF comes.
-        """
-        buf = self._buffer
-        if self._discarding:
-            end = buf.find(b"\n")
-            if end < 0:
-                buf.clear()
-                return None
-            del buf[: end + 1]
-            self._discarding = False
-            return _OVERLONG
-        limit = MAX_SASL_LINE if self._sasl is not None else MAX_COMMAND_LINE
-        end = buf.find(b"\n", 0, limit)
-        if end < 0:
-            if len(buf) >= limit:  # its line end, when it comes, exceeds limit
-                self._discarding = True
-                return self._next_line()
-            return None
-        line = bytes(buf[:end])
-        del buf[: end + 1]
-        # CRLF is the line end; a bare LF is accepted too.
-        return line[:-1] if line.endswith(b"\r") else line
+        return out.take()
 
     # --- Commands ------------------------------------------------------------------
 
-    def _command(self, line: bytes, out: _Output) -> None:
+    def _command(self, line: bytes, out: Output) -> None:
         verb, _, rest = line.partition(b" ")
         verb = verb.upper()  # ASCII-only for bytes: 8-bit verbs stay unknown
         syntax = _COMMANDS.get(verb)
@@ -494,70 +458,47 @@ class POP3Session:
 
     # AUTHORIZATION
 
-    def _do_user(self, args: list, out: _Output) -> None:
+    def _do_user(self, args: list, out: Output) -> None:
         self._user = _text(args[0])
         out.send(_reply("user_accepted"))
 
-    def _do_pass(self, args: list, out: _Output) -> None:
+    def _do_pass(self, args: list, out: Output) -> None:
         if self._user is None:
             out.send(_reply("pass_without_user"))
             return
         self._log_in(out)  # any password opens the maildrop
 
-    def _do_apop(self, args: list, out: _Output) -> None:
+    def _do_apop(self, args: list, out: Output) -> None:
         self._user = _text(args[0])
         self._log_in(out)  # any digest opens the maildrop
 
-    def _do_auth(self, args: list, out: _Output) -> None:
+    def _do_auth(self, args: list, out: Output) -> None:
         if not args:  # not in RFC 5034, but common clients probe with it
-            out.send(_multiline("mechanisms", [m.decode() for m in _SASL_CHALLENGES]))
-            return
-        mechanism = args[0].upper()
-        if mechanism not in _SASL_CHALLENGES:
-            out.send(_reply("unknown_mechanism"))
-            return
-        self._sasl = (mechanism, [])
-        if len(args) == 1:
-            self._send_challenge(out)
-        elif args[1] == b"=":  # RFC 5034 section 4: "=" is an empty initial response
-            self._sasl_response(b"", out)
-        else:
-            self._sasl_response(args[1], out)
-
-    def _send_challenge(self, out: _Output) -> None:
-        mechanism, responses = self._sasl
-        challenge = _SASL_CHALLENGES[mechanism][len(responses)]
-        out.send(b"+ " + base64.b64encode(challenge) + b"\r\n")
-
-    def _sasl_response(self, line: bytes, out: _Output) -> None:
-        mechanism, responses = self._sasl
-        if line.strip() == b"*":  # RFC 5034 section 4: the client cancels
-            self._sasl = None
-            out.send(_reply("auth_cancelled"))
+            out.send(_multiline("mechanisms", [m.decode() for m in SaslExchange.MECHANISMS]))
             return
         try:
-            response = base64.b64decode(line.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            self._sasl = None
-            out.send(_reply("bad_base64"))
+            self._sasl = SaslExchange(args[0])
+        except ValueError:
+            out.send(_reply("unknown_mechanism"))
             return
-        responses.append(response)
-        if len(responses) < len(_SASL_CHALLENGES[mechanism]):
-            self._send_challenge(out)
+        # RFC 5034 section 4: "=" is an empty initial response (the kit knows).
+        self._sasl_step(self._sasl.begin(args[1] if len(args) > 1 else None), out)
+
+    def _sasl_step(self, result, out: Output) -> None:
+        if result.challenge is not None:
+            out.send(b"+ " + result.encoded + b"\r\n")
             return
-        self._sasl = None
-        if mechanism == b"PLAIN":
-            # RFC 4616: [authzid] NUL authcid NUL passwd
-            parts = responses[0].split(b"\0")
-            if len(parts) != 3 or not parts[1]:
-                out.send(_reply("bad_plain"))
-                return
-            self._user = _text(parts[1])
-        else:
-            self._user = _text(responses[0])
+        mechanism, self._sasl = self._sasl.mechanism, None
+        if result.failure is not None:
+            failure = result.failure
+            if failure == "no_user" and mechanism == b"LOGIN":
+                failure = "no_user_name"
+            out.send(_reply(_SASL_FAILURES.get(failure, failure)))
+            return
+        self._user = _text(result.user)
         self._log_in(out)  # any credentials open the maildrop
 
-    def _log_in(self, out: _Output) -> None:
+    def _log_in(self, out: Output) -> None:
         self._enter_transaction()
         count, octets = self._totals()
         out.send(_reply("logged_in", count=count, octets=octets))
@@ -568,11 +509,11 @@ class POP3Session:
 
     # TRANSACTION
 
-    def _do_stat(self, args: list, out: _Output) -> None:
+    def _do_stat(self, args: list, out: Output) -> None:
         count, octets = self._totals()
         out.send(_reply("stat", count=count, octets=octets))
 
-    def _do_list(self, args: list, out: _Output) -> None:
+    def _do_list(self, args: list, out: Output) -> None:
         if args:
             index = self._message_index(args[0], out)
             if index is not None:
@@ -583,7 +524,7 @@ class POP3Session:
         lines = ["{} {}".format(i + 1, m.size) for i, m in self._live()]
         out.send(_multiline("listing", lines, count=count, octets=octets))
 
-    def _do_uidl(self, args: list, out: _Output) -> None:
+    def _do_uidl(self, args: list, out: Output) -> None:
         if args:
             index = self._message_index(args[0], out)
             if index is not None:
@@ -593,14 +534,14 @@ class POP3Session:
         lines = ["{} {}".format(i + 1, unique_id(m.key)) for i, m in self._live()]
         out.send(_multiline("uidl_listing", lines))
 
-    def _do_retr(self, args: list, out: _Output) -> None:
+    def _do_retr(self, args: list, out: Output) -> None:
         index = self._message_index(args[0], out)
         if index is not None:
             message = self._messages[index]
             ok_reply = _reply("retr_ok", size=message.size)
             self._retrieve(index, None, ok_reply, out)
 
-    def _do_top(self, args: list, out: _Output) -> None:
+    def _do_top(self, args: list, out: Output) -> None:
         index = self._message_index(args[0], out)
         if index is None:
             return
@@ -609,7 +550,7 @@ class POP3Session:
             return
         self._retrieve(index, int(args[1]), _reply("top_ok"), out)
 
-    def _retrieve(self, index: int, lines: int | None, ok_reply: bytes, out: _Output) -> None:
+    def _retrieve(self, index: int, lines: int | None, ok_reply: bytes, out: Output) -> None:
         self._retrieving = Retrieve(
             message=self._messages[index],
             lines=lines,
@@ -619,26 +560,26 @@ class POP3Session:
         self._busy = True
         out.event(self._retrieving)
 
-    def _do_dele(self, args: list, out: _Output) -> None:
+    def _do_dele(self, args: list, out: Output) -> None:
         index = self._message_index(args[0], out)
         if index is not None:
             self._deleted.add(index)
             out.send(_reply("deleted", number=index + 1))
 
-    def _do_rset(self, args: list, out: _Output) -> None:
+    def _do_rset(self, args: list, out: Output) -> None:
         self._deleted.clear()
         count, octets = self._totals()
         out.send(_reply("reset", count=count, octets=octets))
 
-    def _do_noop(self, args: list, out: _Output) -> None:
+    def _do_noop(self, args: list, out: Output) -> None:
         out.send(_reply("noop"))
 
     # Any state
 
-    def _do_capa(self, args: list, out: _Output) -> None:
+    def _do_capa(self, args: list, out: Output) -> None:
         out.send(_multiline("capabilities", _CAPABILITIES))
 
-    def _do_quit(self, args: list, out: _Output) -> None:
+    def _do_quit(self, args: list, out: Output) -> None:
         if self._state is State.TRANSACTION:
             # RFC 1939 section 6: only QUIT from TRANSACTION enters UPDATE.
             self._state = State.UPDATE
@@ -652,7 +593,7 @@ class POP3Session:
 
     # --- Helpers -----------------------------------------------------------------
 
-    def _message_index(self, arg: bytes, out: _Output) -> int | None:
+    def _message_index(self, arg: bytes, out: Output) -> int | None:
         """The snapshot index for a message-number argument, or None after
         sending the -ERR that explains why it is not usable."""
         if not (arg.isdigit() and len(arg) <= 20):   # _NUMBER, without a regex call
@@ -677,18 +618,18 @@ class POP3Session:
     def _end(self, reply: str) -> list:
         if self._closed:
             return []
-        out = _Output()
+        out = Output()
         if not self._busy:
             out.send(_reply(reply))
-        return self._close(out)
+        self._close(out)
+        return out.take()
 
-    def _close(self, out: _Output) -> list:
+    def _close(self, out: Output) -> None:
         out.event(Close())
         self._closed = True
         self._busy = False
         self._retrieving = None
-        self._buffer = bytearray()
-        return out.done()
+        self._reader.clear()
 
 
 # Command -> the POP3Session method that performs it.

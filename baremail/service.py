@@ -19,6 +19,7 @@ import time
 from typing import Callable
 
 from . import config as configuration
+from .engine import Close, Send
 from .journal import fields
 from .maildir import Maildir, MaildirError
 
@@ -39,18 +40,53 @@ _DRAIN_QUIET = 1.0
 _DRAIN_TICK = 0.1
 
 
-class Session(asyncio.Protocol):
-    """One client connection. Subclasses drive a protocol engine.
+class _ReceiveBuffer:
+    """The one buffer every connection of the process reads into
+    (asyncio.BufferedProtocol): the event loop runs one read at a time, and
+    each read's octets are copied out before the next. One buffer per
+    process, not per connection, so that a thousand idle sessions cost no
+    read buffer at all; it starts small and grows once if a read fills it
+    (a message arriving in bulk)."""
 
-    A subclass implements `begin()`, `feed(data)`, `expire()`, `refusal()`,
-    `stop()` and `at_rest`; the base class does registration, timeouts,
-    flow control and bookkeeping."""
+    _SIZES = (64 * 1024, 256 * 1024)
+
+    def __init__(self) -> None:
+        self.data = bytearray(self._SIZES[0])
+        self.view = memoryview(self.data)
+
+    def filled(self, nbytes: int) -> bytes:
+        octets = bytes(self.view[:nbytes])
+        if nbytes == len(self.data) and len(self.data) < self._SIZES[-1]:
+            self.view.release()
+            self.data = bytearray(self._SIZES[-1])
+            self.view = memoryview(self.data)
+        return octets
+
+
+class Session(asyncio.BufferedProtocol):
+    """One client connection, driving one protocol engine (engine.py).
+
+    The runtime performs the engine's Send and Close events itself; every
+    other event type goes to the handler the subclass (the protocol's glue)
+    names in its `handlers` table: {EventType: function(session, event)}.
+    A handler that finished its work at once may return the engine's next
+    events; they are performed after the rest of the batch. A handler that
+    starts work that takes time calls pause() and, when done, feeds the
+    engine's answer to perform() and calls resume().
+
+    A subclass sets `handlers` and implements make_engine() and
+    timeout_seconds(); it may extend lost() and resting. Everything else
+    (registration, timeouts, flow control, draining, bookkeeping) is here.
+    """
+
+    handlers: dict = {}
 
     def __init__(self, server: "Server", listener: str):
         self.server = server
         self.config = server.config
         self.listener = listener
         self.transport: asyncio.Transport | None = None
+        self.engine = None
         self.peer = "unknown"
         self.closed = False
         self._last_activity = time.monotonic()
@@ -64,21 +100,62 @@ class Session(asyncio.Protocol):
         self._held: list[bytes] = []
         self._held_size = 0
 
-    # -- asyncio.Protocol -------------------------------------------------
+    # -- for the protocol glue --------------------------------------------
+
+    def make_engine(self):
+        """The engine for this connection (called once the session is admitted)."""
+        raise NotImplementedError
+
+    def timeout_seconds(self) -> float:
+        """Seconds of client silence after which the session expires (0: never)."""
+        raise NotImplementedError
+
+    def lost(self) -> None:
+        """The connection is gone: drop whatever was in progress."""
+
+    def perform(self, events: list) -> None:
+        """Carry out the engine's events in order (see the class docstring)."""
+        # A loop, not recursion: a handler that finishes at once hands back
+        # the engine's next events (POP3's next pipelined RETR), and a
+        # client may pipeline thousands of them.
+        handlers = self.handlers
+        while events:
+            follow: list = []
+            for event in events:
+                kind = type(event)
+                if kind is Send:
+                    self.write(event.data)
+                elif kind is Close:
+                    self.close()
+                else:
+                    more = handlers[kind](self, event)
+                    if more:
+                        follow += more
+            events = follow
+
+    # -- asyncio.BufferedProtocol ----------------------------------------
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.peer = _format_peer(transport.get_extra_info("peername"))
         if not self.server.admit(self):
-            self.write(self.refusal())
+            engine_class = self.server.engine_class
+            self.write(engine_class.refusal(self.config.host_name))
             self.close()
             return
         log.debug("session from %s on %s", self.peer, self.listener,
                   extra=fields(PEER=self.peer, LISTENER=self.listener))
         self._arm_timer()
-        self.begin()
+        self.engine = self.make_engine()
+        self.perform(self.engine.start())
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int):
+        return self.server.receive_buffer.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._received(self.server.receive_buffer.filled(nbytes))
+
+    def _received(self, data: bytes) -> None:
         # Activity, for the timeouts, is a line end or a good deal of a line:
         # a client trickling a byte at a time must not hold its session
         # (and a slot under max_sessions) open forever.
@@ -86,12 +163,12 @@ class Session(asyncio.Protocol):
         if self._unfinished >= _PROGRESS or b"\n" in data:
             self._unfinished = 0
             self._last_activity = time.monotonic()
-        if self.closed:
+        if self.closed or self.engine is None:
             return
-        if not self._unfed and not self.backlogged and self.piece_size(data) >= len(data):
+        if not self._unfed and not self.backlogged and self.engine.intake(data) >= len(data):
             self._holding = True
             try:
-                self.feed(data)     # the usual case, without copying
+                self.perform(self.engine.receive(data))   # the usual case, without copying
             finally:
                 self._release()
             return
@@ -99,13 +176,13 @@ class Session(asyncio.Protocol):
         self._feed_unfed()
 
     def _feed_unfed(self) -> None:
-        # Pipelined input is fed in pieces, and feeding stops while the
-        # client is behind with reading: a few bytes of command can ask for
-        # a long reply, so feeding a whole read at once could pile up
-        # replies here without bound. Nothing is fed while the glue has
-        # paused input (resume() carries on). After a few dozen pieces the
-        # other sessions get their turn. The replies go out together, in
-        # one write, when feeding stops.
+        # Pipelined input is fed in pieces the engine sizes (intake()), and
+        # feeding stops while the client is behind with reading: a few bytes
+        # of command can ask for a long reply, so feeding a whole read at
+        # once could pile up replies here without bound. Nothing is fed
+        # while the glue has paused input (resume() carries on). After a
+        # few dozen pieces the other sessions get their turn. The replies
+        # go out together, in one write, when feeding stops.
         outer = not self._holding
         self._holding = True
         try:
@@ -114,13 +191,13 @@ class Session(asyncio.Protocol):
                     break
                 # Answering pipelined input is not the client being silent.
                 self._last_activity = time.monotonic()
-                size = self.piece_size(self._unfed)
+                size = self.engine.intake(self._unfed)
                 piece = bytes(self._unfed[:size])
                 del self._unfed[:size]
-                self.feed(piece)
+                self.perform(self.engine.receive(piece))
             else:
                 if self._feedable():
-                    asyncio.get_running_loop().call_soon(self._resume_input)
+                    asyncio.get_running_loop().call_soon(self._feed_unfed)
         finally:
             if outer:
                 self._release()
@@ -140,10 +217,7 @@ class Session(asyncio.Protocol):
         # Not from inside this callback: the transport calls it halfway
         # through its own write handling, where feeding (which may write
         # and close) would have it report the connection lost twice.
-        asyncio.get_running_loop().call_soon(self._resume_input)
-
-    def _resume_input(self) -> None:
-        self._feed_unfed()
+        asyncio.get_running_loop().call_soon(self._feed_unfed)
 
     @property
     def backlogged(self) -> bool:
@@ -162,10 +236,11 @@ class Session(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._writable.set()  # wake a writer waiting in drain(): it checks `closed`
-        self.lost()
+        if self.engine is not None:
+            self.lost()
         self.server.release(self)
 
-    # -- for subclasses ---------------------------------------------------
+    # -- writing, pausing ------------------------------------------------
 
     def write(self, data: bytes) -> None:
         """Send `data` after everything written before. While input is fed,
@@ -203,6 +278,7 @@ class Session(asyncio.Protocol):
             self.transport.close()
 
     def pause(self) -> None:
+        """Feed the engine nothing more until resume() (work under way)."""
         self._paused = True
         self._set_reading()
 
@@ -212,7 +288,7 @@ class Session(asyncio.Protocol):
         if self._unfed:
             # Later, not now: the caller may still have events of the
             # engine to perform, which come before this input.
-            asyncio.get_running_loop().call_soon(self._resume_input)
+            asyncio.get_running_loop().call_soon(self._feed_unfed)
 
     def _set_reading(self) -> None:
         # Read while neither the glue (pause) nor a backed-up client
@@ -224,50 +300,34 @@ class Session(asyncio.Protocol):
         else:
             self.transport.resume_reading()
 
-    # Hooks for the protocol glue. timeout_seconds() and refusal() have no
-    # sensible generic answer, so every subclass defines them.
-    def begin(self) -> None:
-        """The session was admitted: greet the client."""
-
-    def feed(self, data: bytes) -> None:
-        """Bytes arrived from the client."""
-
-    def piece_size(self, held) -> int:
-        """How many octets of `held` input to feed at once; feeding stops
-        after any piece whose replies back up. Small enough that no piece
-        can be answered by a large multiple of itself."""
-        return len(held)
-
-    def expire(self) -> None:
-        """The client was silent for timeout_seconds(): tell it and close."""
-
-    def stop(self) -> None:
-        """The service is stopping: tell the client and close."""
-
-    def lost(self) -> None:
-        """The connection is gone: drop whatever was in progress."""
-
-    @property
-    def at_rest(self) -> bool:
-        """True between transactions (no command half-answered, no message
-        half-sent or half-received): a draining stop may end the session
-        here once the client has been quiet for a moment."""
-        return True
+    # -- stopping ---------------------------------------------------------
 
     @property
     def resting(self) -> bool:
-        """at_rest, and nothing of the client's is waiting to be fed or answered."""
-        return not self._unfed and not self._paused and self.at_rest
+        """Between transactions (the engine's at_rest), and nothing of the
+        client's waiting to be fed or being worked on: a draining stop may
+        end the session here."""
+        return not self._unfed and not self._paused and (self.engine is None or self.engine.at_rest)
 
     @property
     def quiet_for(self) -> float:
         """Seconds since the client last sent a line (or a good deal of one)."""
         return time.monotonic() - self._last_activity
 
+    def stop(self) -> None:
+        """The service is stopping: the engine's last word, then close."""
+        if self.engine is not None:
+            self.lost_work()
+            self.perform(self.engine.shutdown())
+        self.close()
+
+    def lost_work(self) -> None:
+        """Drop work in progress before the session is cut short (stop, expiry)."""
+
     # -- timeouts ---------------------------------------------------------
 
     def _arm_timer(self) -> None:
-        # One timer per session, re-armed only when it fires: data_received
+        # One timer per session, re-armed only when it fires: buffer_updated
         # just records the time, which keeps the hot path cheap.
         limit = self.timeout_seconds()
         if limit <= 0:
@@ -283,7 +343,8 @@ class Session(asyncio.Protocol):
         if limit > 0 and time.monotonic() - self._last_activity >= limit:
             log.info("session from %s timed out after %g s of silence", self.peer, limit,
                      extra=fields(PEER=self.peer))
-            self.expire()
+            self.lost_work()
+            self.perform(self.engine.timeout())
             # A client that does not even read lets our replies pile up
             # unsent: closing would wait for them forever, holding a session
             # slot. Drop it.
@@ -344,13 +405,13 @@ class Notifier:
 class Server:
     """Runs one service: sockets in, sessions out, systemd kept informed."""
 
-    def __init__(self, name: str, load_config: Callable[[], configuration.Config],
-                 session_factory: Callable[["Server", str], Session],
-                 listen: Callable[[configuration.Config], tuple]):
-        self.name = name
+    def __init__(self, load_config: Callable[[], configuration.Config], session_factory: type):
+        """`session_factory` is the protocol's Session subclass: it names its
+        engine class (`engine_class`, for the session cap's refusal) and
+        `listen(config)`, the addresses to bind when systemd passed none."""
         self._load_config = load_config
         self._session_factory = session_factory
-        self._listen = listen
+        self._listen = session_factory.listen
         self.config = load_config()
         self.sessions: set[Session] = set()
         self.counters: dict[str, int] = {}
@@ -363,7 +424,8 @@ class Server:
         self._single = False
         self.socket_activated = False
         self.maildir = MaildirHolder(self)
-        self.committer = None   # smtpd's Committer, made at the first message
+        self.engine_class = session_factory.engine_class
+        self.receive_buffer = _ReceiveBuffer()
 
     # -- sessions ---------------------------------------------------------
 
@@ -575,13 +637,6 @@ class Server:
         return EX_OK
 
     def run(self) -> int:
-        # glibc's malloc maps any block above its mmap threshold (128 KiB at
-        # first) afresh, and unmaps it when freed: asyncio's every read asks
-        # for 256 KiB, so each read would cost an mmap, an mremap and a
-        # munmap (with TLB shootdowns once a second thread exists). glibc
-        # raises the threshold to the size of a mapped block freed: free one
-        # of 1 MiB now, and reads are served from the heap.
-        bytearray(1 << 20)
         try:
             return asyncio.run(self.serve())
         except KeyboardInterrupt:

@@ -20,25 +20,18 @@ the ALLOWED table.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import re
 import time
 from dataclasses import dataclass
 
+from .engine import OVERLONG, Close, LineReader, Output, SaslExchange, Send
 
-# --- events ---------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Send:
-    data: bytes
+__all__ = ["AbortMessage", "Close", "EndMessage", "Envelope", "MessageData", "SMTPSession", "Send",
+           "StartMessage", "scan_data"]
 
 
-@dataclass(frozen=True)
-class Close:
-    pass
-
+# --- events (Send and Close come from the engine kit) --------------------
 
 @dataclass(frozen=True)
 class Envelope:
@@ -103,6 +96,7 @@ REPLIES: dict[str, tuple[int, str | None, str]] = {
     "start_data": (354, None, "End data with <CR><LF>.<CR><LF>"),
     "timeout": (421, "4.4.2", "{host} Error: timeout exceeded"),
     "shutting_down": (421, "4.3.2", "{host} Service shutting down"),
+    "too_many_sessions": (421, "4.3.2", "{host} Too many sessions, try again later"),
     "delivery_failed": (451, "4.3.0", "Error: local delivery failed, "
                                       "try again later"),
     "storage_full": (452, "4.3.1", "Insufficient system storage"),
@@ -171,31 +165,36 @@ class _Input(enum.Enum):
     CLOSED = "closed"    # Close emitted: ignore input
 
 
-_ANYTIME = frozenset({"EHLO", "EXPN", "HELO", "HELP", "NOOP", "QUIT", "RSET",
-                      "STARTTLS", "VRFY"})
+_ANYTIME = frozenset({b"EHLO", b"EXPN", b"HELO", b"HELP", b"NOOP", b"QUIT", b"RSET",
+                      b"STARTTLS", b"VRFY"})
 
 # The commands each stage accepts. MAIL is accepted before HELO/EHLO although
 # RFC 5321 4.1.4 lets a server answer 503: minimal local senders (scripts,
 # sendmail shims) skip the greeting, and a service that only takes mail from
 # this machine gains nothing by refusing them.
 ALLOWED: dict[_Stage, frozenset[str]] = {
-    _Stage.IDLE: _ANYTIME | {"AUTH", "MAIL"},
-    _Stage.MAIL: _ANYTIME | {"RCPT"},
-    _Stage.RCPT: _ANYTIME | {"DATA", "RCPT"},
+    _Stage.IDLE: _ANYTIME | {b"AUTH", b"MAIL"},
+    _Stage.MAIL: _ANYTIME | {b"RCPT"},
+    _Stage.RCPT: _ANYTIME | {b"DATA", b"RCPT"},
 }
 KNOWN_COMMANDS = frozenset().union(*ALLOWED.values())
 
 # The reply to a known command its stage does not accept; "bad_sequence"
 # (503 5.5.1) when not listed.
-REFUSALS: dict[tuple[_Stage, str], str] = {
-    (_Stage.IDLE, "RCPT"): "need_mail",
-    (_Stage.IDLE, "DATA"): "need_mail",
-    (_Stage.MAIL, "MAIL"): "nested_mail",
-    (_Stage.RCPT, "MAIL"): "nested_mail",
-    (_Stage.MAIL, "DATA"): "no_valid_recipients",
-    (_Stage.MAIL, "AUTH"): "auth_in_transaction",
-    (_Stage.RCPT, "AUTH"): "auth_in_transaction",
+REFUSALS: dict[tuple[_Stage, bytes], str] = {
+    (_Stage.IDLE, b"RCPT"): "need_mail",
+    (_Stage.IDLE, b"DATA"): "need_mail",
+    (_Stage.MAIL, b"MAIL"): "nested_mail",
+    (_Stage.RCPT, b"MAIL"): "nested_mail",
+    (_Stage.MAIL, b"DATA"): "no_valid_recipients",
+    (_Stage.MAIL, b"AUTH"): "auth_in_transaction",
+    (_Stage.RCPT, b"AUTH"): "auth_in_transaction",
 }
+
+# A pipelined command is answered by at most ~50 times its size (an empty
+# line gets a 500): commands are fed by the few kilobytes, so that replies
+# to a flood of them back up before much more is read.
+_COMMAND_PIECE = 4096
 
 # Longest line, terminator included: RFC 5321 4.5.3.1.4 for commands,
 # RFC 4954 section 4 for SASL responses.
@@ -203,7 +202,7 @@ _LINE_LIMIT = {_Input.COMMAND: 512, _Input.AUTH: 12288}
 
 # Controls other than TAB have no place in a command (CR/LF would let a
 # client inject reply lines or header lines through HELO or an address).
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 # A path: "<...>" (quoted strings may hold spaces and brackets) or, leniently,
 # a bare address without brackets; then optional space-separated parameters.
@@ -214,9 +213,9 @@ _PATH = re.compile(r"""
     (?P<params> (?:[ \t].*)? ) $
 """, re.VERBOSE)
 
-# AUTH LOGIN prompts: base64 of "Username:" and "Password:".
-_LOGIN_USERNAME = "VXNlcm5hbWU6"
-_LOGIN_PASSWORD = "UGFzc3dvcmQ6"
+# Replies to the outcomes of a SASL exchange that ended without a login.
+_SASL_FAILURES = {"cancelled": "auth_cancelled", "bad_base64": "cannot_decode",
+                  "malformed": "cannot_decode", "no_user": "bad_credentials"}
 
 
 def _parse_path(text: str) -> tuple[str, str] | None:
@@ -240,16 +239,6 @@ def rfc5322_date(when: float) -> str:
     email package costs start-up time, and LC_TIME is "C" in Python, so
     day and month names are always English."""
     return time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime(when))
-
-
-def _decode_base64(text: str) -> bytes | None:
-    """Strict base64; "=" is the empty initial response of RFC 4954."""
-    if text == "=":
-        return b""
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return None
 
 
 _END_OF_DATA = b"\r\n.\r\n"
@@ -307,19 +296,17 @@ class SMTPSession:
         self.max_message_size = max_message_size
         self.max_recipients = max_recipients
         self._clock = clock
-        self._buf = bytearray()
+        self._reader = LineReader(_LINE_LIMIT[_Input.COMMAND])
+        self._buf = self._reader.buffer   # raw input, for message content
         self._input = _Input.COMMAND
-        self._discarding = False       # dropping the rest of an over-long line
         self._helo = ""
         self._greeted_with = None      # "HELO" or "EHLO"
         self._auth_user: str | None = None
-        self._auth_step = None         # method taking the next SASL response
-        self._login_name = b""
+        self._sasl: SaslExchange | None = None   # the AUTH exchange under way
         self._data_prefix = False
         self._size = 0
         self._oversize = False
-        self._events: list = []
-        self._replies = bytearray()
+        self._out = Output()
         self._reset_transaction()
 
     # --- public API -------------------------------------------------------
@@ -339,6 +326,19 @@ class SMTPSession:
     @property
     def closed(self) -> bool:
         return self._input is _Input.CLOSED
+
+    @staticmethod
+    def refusal(hostname: str) -> bytes:
+        """The reply to a client over the session cap."""
+        return format_reply("too_many_sessions", host=hostname)
+
+    def intake(self, held) -> int:
+        """How many octets of pipelined `held` input to feed at once: all of
+        it in message content (never answered before its end), commands by
+        _COMMAND_PIECE."""
+        if self._input is _Input.DATA:
+            return len(held)
+        return min(len(held), _COMMAND_PIECE)
 
     def start(self) -> list:
         """The greeting."""
@@ -391,26 +391,18 @@ class SMTPSession:
     # --- event plumbing ------------------------------------------------------
 
     def _reply(self, name: str, **fields: str) -> None:
-        self._replies += format_reply(name, **fields)
+        self._out.send(format_reply(name, **fields))
 
     def _emit(self, event) -> None:
-        self._flush()
-        self._events.append(event)
-
-    def _flush(self) -> None:
-        if self._replies:
-            self._events.append(Send(bytes(self._replies)))
-            self._replies.clear()
+        self._out.event(event)
 
     def _take(self) -> list:
-        self._flush()
-        events, self._events = self._events, []
-        return events
+        return self._out.take()
 
     def _close(self) -> None:
         self._emit(Close())
         self._input = _Input.CLOSED
-        self._buf.clear()
+        self._reader.clear()
 
     def _close_with(self, name: str) -> list:
         if self._input is _Input.CLOSED:
@@ -444,41 +436,20 @@ class SMTPSession:
 
     def _read_line(self) -> bool:
         """Handle one command or SASL line; False if none is complete."""
-        buf = self._buf
-        end = buf.find(b"\n")
-        if self._discarding:
-            if end < 0:
-                buf.clear()
-                return False
-            del buf[:end + 1]
-            self._discarding = False
-            self._line_too_long()
-            return True
-        limit = _LINE_LIMIT[self._input]
-        if end < 0:
-            if len(buf) >= limit:
-                # Already too long: drop it now rather than hold it all.
-                buf.clear()
-                self._discarding = True
+        self._reader.limit = _LINE_LIMIT[self._input]
+        line = self._reader.next_line()
+        if line is None:
             return False
-        line = bytes(buf[:end + 1])
-        del buf[:end + 1]
-        if len(line) > limit:
-            self._line_too_long()
-            return True
-        # CRLF, or leniently a bare LF, ends a command line.
-        line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-        if self._input is _Input.AUTH:
+        if line is OVERLONG:
+            self._reply("line_too_long")
+            if self._input is _Input.AUTH:
+                self._input = _Input.COMMAND
+                self._sasl = None
+        elif self._input is _Input.AUTH:
             self._auth_response(line)
         else:
             self._command(line)
         return True
-
-    def _line_too_long(self) -> None:
-        self._reply("line_too_long")
-        if self._input is _Input.AUTH:
-            self._input = _Input.COMMAND
-            self._auth_step = None
 
     def _read_data(self, fresh: bytes | None = None) -> bool:
         """Emit the content held (or `fresh` input, when nothing is held);
@@ -513,18 +484,17 @@ class SMTPSession:
     # --- commands ------------------------------------------------------------
 
     def _command(self, raw: bytes) -> None:
-        text = raw.decode("utf-8", "surrogateescape")
-        if _CONTROL.search(text):
+        if _CONTROL.search(raw):
             self._reply("bad_character")
             return
-        verb, _, arg = text.strip(" \t").partition(" ")
-        verb = verb.upper() if verb.isascii() else ""
+        verb, _, arg = raw.strip(b" \t").partition(b" ")
+        verb = verb.upper()   # ASCII only for bytes: an 8-bit verb stays unknown
         if verb not in KNOWN_COMMANDS:
             self._reply("unknown_command")
         elif verb not in ALLOWED[self._stage]:
             self._reply(REFUSALS.get((self._stage, verb), "bad_sequence"))
         else:
-            getattr(self, "_cmd_" + verb.lower())(arg.strip(" \t"))
+            _HANDLERS[verb](self, arg.strip(b" \t").decode("utf-8", "surrogateescape"))
 
     def _reset_transaction(self) -> None:
         self._stage = _Stage.IDLE
@@ -549,10 +519,10 @@ class SMTPSession:
         first = format_reply("helo", host=self.hostname, helo=arg)
         keywords = [keyword.format(size=self.max_message_size)
                     for keyword in EHLO_KEYWORDS]
-        self._replies += first[:3] + b"-" + first[4:]
+        self._out.send(first[:3] + b"-" + first[4:])
         for keyword in keywords[:-1]:
-            self._replies += f"250-{keyword}\r\n".encode()
-        self._replies += f"250 {keywords[-1]}\r\n".encode()
+            self._out.send(f"250-{keyword}\r\n".encode())
+        self._out.send(f"250 {keywords[-1]}\r\n".encode())
 
     def _greet(self, verb: str, helo: str) -> None:
         # RFC 5321 4.1.4: HELO/EHLO also clears any transaction in progress.
@@ -706,56 +676,30 @@ class SMTPSession:
         if not mechanism:
             self._reply("syntax", usage="AUTH mechanism [initial-response]")
             return
-        steps = {"PLAIN": ("", self._auth_plain),
-                 "LOGIN": (_LOGIN_USERNAME, self._auth_login_username)}
-        if mechanism not in steps:
+        try:
+            self._sasl = SaslExchange(mechanism.encode("utf-8", "surrogateescape"))
+        except ValueError:
             self._reply("unknown_mechanism")
             return
-        challenge, step = steps[mechanism]
-        if initial:
-            self._auth_answer(step, initial)
-        else:
-            self._prompt(challenge, step)
-
-    def _prompt(self, challenge: str, step) -> None:
-        self._reply("auth_challenge", challenge=challenge)
-        self._auth_step = step
-        self._input = _Input.AUTH
+        self._sasl_step(self._sasl.begin(initial.encode("utf-8", "surrogateescape") if initial else None))
 
     def _auth_response(self, raw: bytes) -> None:
-        step, self._auth_step = self._auth_step, None
         self._input = _Input.COMMAND
-        text = raw.decode("utf-8", "surrogateescape").strip(" \t")
-        if text == "*":
-            self._reply("auth_cancelled")
-        else:
-            self._auth_answer(step, text)
+        self._sasl_step(self._sasl.respond(raw))
 
-    def _auth_answer(self, step, text: str) -> None:
-        decoded = _decode_base64(text)
-        if decoded is None:
-            self._reply("cannot_decode")
-        else:
-            step(decoded)
-
-    def _auth_plain(self, decoded: bytes) -> None:
-        parts = decoded.split(b"\0")   # authzid NUL authcid NUL passwd
-        if len(parts) != 3:
-            self._reply("cannot_decode")
-        else:
-            self._authenticated(parts[1])
-
-    def _auth_login_username(self, decoded: bytes) -> None:
-        self._login_name = decoded
-        self._prompt(_LOGIN_PASSWORD, self._auth_login_password)
-
-    def _auth_login_password(self, decoded: bytes) -> None:
-        self._authenticated(self._login_name)
-
-    def _authenticated(self, username: bytes) -> None:
-        # Any credentials will do: the service trusts this machine's users.
-        if not username:
-            self._reply("bad_credentials")
+    def _sasl_step(self, result) -> None:
+        if result.challenge is not None:
+            self._reply("auth_challenge", challenge=result.encoded.decode("ascii"))
+            self._input = _Input.AUTH
             return
-        self._auth_user = username.decode("utf-8", "surrogateescape")
+        self._sasl = None
+        if result.failure is not None:
+            self._reply(_SASL_FAILURES[result.failure])
+            return
+        # Any credentials will do: the service trusts whoever can reach it.
+        self._auth_user = result.user.decode("utf-8", "surrogateescape")
         self._reply("auth_ok")
+
+
+# Command verb -> the SMTPSession method that performs it.
+_HANDLERS = {verb: getattr(SMTPSession, "_cmd_" + verb.decode("ascii").lower()) for verb in KNOWN_COMMANDS}

@@ -13,57 +13,35 @@ from .service import Server, Session
 
 log = logging.getLogger("baremail-smtp")
 
-_COMMAND_PIECE = 4096
-
 
 class SMTPConnection(Session):
+    engine_class = smtp.SMTPSession
+    # The one Committer of the process, made at the first message.
+    committer: "Committer | None" = None
+
     def __init__(self, server: Server, listener: str):
         super().__init__(server, listener)
-        self.engine: smtp.SMTPSession | None = None
         self._delivery: Delivery | None = None
         self._failure: MaildirError | None = None
         self._envelope: smtp.Envelope | None = None
 
-    def refusal(self) -> bytes:
-        return f"421 4.3.2 {self.config.host_name} Too many sessions, try again later\r\n".encode()
+    @staticmethod
+    def listen(config) -> tuple:
+        return config.smtp_listen
+
+    def make_engine(self) -> smtp.SMTPSession:
+        config = self.config
+        return smtp.SMTPSession(config.host_name, peer=self.peer,
+                                max_message_size=config.max_message_size,
+                                max_recipients=config.max_recipients)
 
     def timeout_seconds(self) -> float:
         if self.engine is not None and self.engine.in_data:
             return self.config.data_timeout
         return self.config.command_timeout
 
-    @property
-    def at_rest(self) -> bool:
-        return self.engine is None or self.engine.at_rest
-
-    def begin(self) -> None:
-        config = self.config
-        self.engine = smtp.SMTPSession(config.host_name, peer=self.peer,
-                                       max_message_size=config.max_message_size,
-                                       max_recipients=config.max_recipients)
-        self._perform(self.engine.start())
-
-    def feed(self, data: bytes) -> None:
-        self._perform(self.engine.receive(data))
-
-    def piece_size(self, held) -> int:
-        # Message data is never answered until its end; a command line is
-        # answered by at most ~50 times its size (an empty line gets a 500),
-        # so commands go in by the few kilobytes.
-        if self.engine is not None and self.engine.in_data:
-            return len(held)
-        return min(len(held), _COMMAND_PIECE)
-
-    def expire(self) -> None:
+    def lost_work(self) -> None:
         self._drop_delivery()
-        self._perform(self.engine.timeout())
-
-    def stop(self) -> None:
-        self._drop_delivery()
-        if self.engine is not None:
-            self._perform(self.engine.shutdown())
-        else:
-            self.close()
 
     def lost(self) -> None:
         if self._delivery is not None:
@@ -73,23 +51,8 @@ class SMTPConnection(Session):
 
     # -- events -----------------------------------------------------------
 
-    def _perform(self, events: list) -> None:
-        for event in events:
-            kind = type(event)
-            if kind is smtp.Send:
-                self.write(event.data)
-            elif kind is smtp.MessageData:
-                self._write(event.data)
-            elif kind is smtp.StartMessage:
-                self._start(event.envelope)
-            elif kind is smtp.EndMessage:
-                self._commit()
-            elif kind is smtp.AbortMessage:
-                self._drop_delivery()
-            elif kind is smtp.Close:
-                self.close()
-
-    def _start(self, envelope: smtp.Envelope) -> None:
+    def _start(self, event: smtp.StartMessage) -> None:
+        envelope = event.envelope
         self._envelope = envelope
         self._failure = None
         try:
@@ -97,11 +60,11 @@ class SMTPConnection(Session):
         except MaildirError as exc:
             self._fail(exc)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, event: smtp.MessageData) -> None:
         if self._delivery is None:
             return
         try:
-            self._delivery.write(data)
+            self._delivery.write(event.data)
         except MaildirError as exc:
             self._delivery = None  # write() already removed the file
             self._fail(exc)
@@ -112,12 +75,15 @@ class SMTPConnection(Session):
             log.error("cannot store message from %s: %s", self.peer, exc,
                       extra=fields(PEER=self.peer))
 
+    def _abort(self, event: smtp.AbortMessage) -> None:
+        self._drop_delivery()
+
     def _drop_delivery(self) -> None:
         if self._delivery is not None:
             self._delivery.abort()
             self._delivery = None
 
-    def _commit(self) -> None:
+    def _commit(self, event: smtp.EndMessage) -> None:
         delivery, self._delivery = self._delivery, None
         if delivery is None:
             self._reply_failure()
@@ -126,9 +92,9 @@ class SMTPConnection(Session):
         # so that other sessions keep being served; nothing more is read
         # from this client until its message is durable and answered.
         self.pause()
-        committer = self.server.committer
+        committer = SMTPConnection.committer
         if committer is None:
-            committer = self.server.committer = Committer(asyncio.get_running_loop())
+            committer = SMTPConnection.committer = Committer(asyncio.get_running_loop())
         committer.commit(delivery, lambda outcome: self._committed(outcome, delivery))
 
     def _committed(self, outcome, delivery: Delivery) -> None:
@@ -138,13 +104,16 @@ class SMTPConnection(Session):
         else:
             self._log_delivery(outcome, delivery)
             self.server.count("accepted")
-            self._perform(self.engine.message_stored(outcome))
+            self.perform(self.engine.message_stored(outcome))
         self.resume()
 
     def _reply_failure(self) -> None:
         reason = "disk_full" if self._failure is not None and self._failure.disk_full else "io"
         self._failure = None
-        self._perform(self.engine.message_failed(reason))
+        self.perform(self.engine.message_failed(reason))
+
+    handlers = {smtp.StartMessage: _start, smtp.MessageData: _write, smtp.EndMessage: _commit,
+                smtp.AbortMessage: _abort}
 
     def _log_delivery(self, key: str, delivery: Delivery) -> None:
         envelope = self._envelope
@@ -210,6 +179,3 @@ class Committer:
         for delivery, done in batch:
             done(outcomes[id(delivery)])
 
-
-def make_server(load_config) -> Server:
-    return Server("baremail-smtp", load_config, SMTPConnection, lambda config: config.smtp_listen)
