@@ -104,11 +104,12 @@ class LineReader:
     stream.
     """
 
-    __slots__ = ("buffer", "limit", "_discarding")
+    __slots__ = ("buffer", "limit", "dropped_head", "_discarding")
 
     def __init__(self, limit: int) -> None:
         self.buffer = bytearray()   # raw access for engines that read non-line data
         self.limit = limit
+        self.dropped_head = b""     # the start of the last over-long line (its tag, say)
         self._discarding = False
 
     def feed(self, data: bytes) -> None:
@@ -138,6 +139,7 @@ class LineReader:
             if len(buf) < self.limit:
                 return None
             # Its LF, held already or still to come, is past the limit.
+            self.dropped_head = bytes(buf[:64])
             self._discarding = True
             return self.next_line()
         line = bytes(buf[:end])
