@@ -4,6 +4,7 @@ PYTHON      ?= /usr/bin/python3
 PYTEST      ?= $(PYTHON) -m pytest
 SMTP_LISTEN ?= 127.0.0.1:2525
 POP3_LISTEN ?= 127.0.0.1:1100
+IMAP_LISTEN ?= 127.0.0.1:1143
 MAILDIR     ?= $(CURDIR)/Maildir
 
 # Debian packages, by what needs them. `make run` installs only the first
@@ -38,15 +39,17 @@ run-deps:
 build-deps:
 	$(call apt_install,$(BUILD_PACKAGES))
 
-# Both services in the foreground, socket-activated exactly as systemd would
-# (real fd passing), storing into ./Maildir. Ctrl-C stops both.
+# The three services in the foreground, socket-activated exactly as systemd
+# would (real fd passing), over ./Maildir. Ctrl-C stops them.
 run: run-deps
-	@echo "SMTP on $(SMTP_LISTEN), POP3 on $(POP3_LISTEN), Maildir $(MAILDIR)"
+	@echo "SMTP on $(SMTP_LISTEN), POP3 on $(POP3_LISTEN), IMAP on $(IMAP_LISTEN), Maildir $(MAILDIR)"
 	@trap 'kill 0' INT TERM; \
 	PYTHONPATH=$(CURDIR) systemd-socket-activate -l $(SMTP_LISTEN) --fdname=smtp \
 	    -E PYTHONPATH $(PYTHON) -m baremail.cli smtp --config $(CURDIR)/baremail.conf --maildir $(MAILDIR) --idle-exit 0 & \
 	PYTHONPATH=$(CURDIR) systemd-socket-activate -l $(POP3_LISTEN) --fdname=pop3 \
 	    -E PYTHONPATH $(PYTHON) -m baremail.cli pop3 --config $(CURDIR)/baremail.conf --maildir $(MAILDIR) --idle-exit 0 & \
+	PYTHONPATH=$(CURDIR) systemd-socket-activate -l $(IMAP_LISTEN) --fdname=imap \
+	    -E PYTHONPATH $(PYTHON) -m baremail.cli imap --config $(CURDIR)/baremail.conf --maildir $(MAILDIR) --idle-exit 0 & \
 	wait
 
 test: deps

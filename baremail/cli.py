@@ -1,4 +1,4 @@
-"""Entry points: baremail-smtp and baremail-pop3 (and `python3 -m baremail.cli smtp|pop3`)."""
+"""Entry points: baremail-smtp, baremail-pop3, baremail-imap (and `python3 -m baremail.cli smtp|pop3|imap`)."""
 
 from __future__ import annotations
 
@@ -61,8 +61,10 @@ def _main(service: str, argv=None) -> int:
     from .service import Server
     if service == "smtp":
         from .smtpd import SMTPConnection as connection
-    else:
+    elif service == "pop3":
         from .pop3d import POP3Connection as connection
+    else:
+        from .imapd import IMAPConnection as connection
     return Server(load, connection).run()
 
 
@@ -74,8 +76,12 @@ def pop3_main(argv=None) -> int:
     return _main("pop3", argv)
 
 
+def imap_main(argv=None) -> int:
+    return _main("imap", argv)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] not in ("smtp", "pop3"):
-        print("usage: python3 -m baremail.cli smtp|pop3 [options]", file=sys.stderr)
+    if len(sys.argv) < 2 or sys.argv[1] not in ("smtp", "pop3", "imap"):
+        print("usage: python3 -m baremail.cli smtp|pop3|imap [options]", file=sys.stderr)
         sys.exit(64)
     sys.exit(_main(sys.argv[1], sys.argv[2:]))

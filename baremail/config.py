@@ -38,6 +38,8 @@ class Config:
     data_timeout: float = 180.0
     pop3_listen: tuple = ("127.0.0.1:1100",)
     pop3_timeout: float = 600.0
+    imap_listen: tuple = ("127.0.0.1:1143",)
+    imap_timeout: float = 1800.0
     sendmail_server: str = "127.0.0.1:25"
     sendmail_retry_time: float = 60.0
 
@@ -106,6 +108,8 @@ _KEYS: Mapping[tuple, tuple] = {
     ("smtp", "data_timeout"): ("data_timeout", _seconds),
     ("pop3", "listen"): ("pop3_listen", _addresses),
     ("pop3", "timeout"): ("pop3_timeout", _seconds),
+    ("imap", "listen"): ("imap_listen", _addresses),
+    ("imap", "timeout"): ("imap_timeout", _seconds),
     ("sendmail", "server"): ("sendmail_server", _address),
     ("sendmail", "retry_time"): ("sendmail_retry_time", _seconds),
 }

@@ -227,7 +227,8 @@ class IMAPSession:
         self.user: str | None = None
         self._closed = False
         self._waiting = False        # a Stream or CommitAppend is outstanding
-        self._after_stream = None    # (tag, text) of the tagged reply after the Stream
+        self._after_stream = None    # (tag, verb) of the FETCH a Stream answers
+        self._fetch_missed = False   # a message of this FETCH could not be read
         self._sasl: tuple | None = None   # (tag, SaslExchange) while AUTHENTICATE runs
         self._idle_tag: str | None = None
         self._appending = None       # (prefix, handle) while APPEND's message streams in
@@ -292,9 +293,9 @@ class IMAPSession:
         if self._closed:
             return []
         self._waiting = False
-        tag, text = self._after_stream
+        tag, verb = self._after_stream
         self._after_stream = None
-        self._tagged(tag, text)
+        self._fetch_done(tag, verb)
         self._run()
         return self._out.take()
 
@@ -446,6 +447,8 @@ class IMAPSession:
         if self.state is State.SELECTED and name not in ("APPEND", "IDLE", "LOGOUT"):
             uid_command = getattr(command, "uid", False)
             self._report_changes(expunges=uid_command or name not in _NO_EXPUNGE)
+            if self._closed:
+                return
         _HANDLERS[name](self, command)
 
     # any state
@@ -829,9 +832,7 @@ class IMAPSession:
             items.insert(0, "UID")   # RFC 3501 6.4.8
         verb = "UID FETCH" if command.uid else "FETCH"
         seen_now = self._mark_seen(seqs) if command.sets_seen and not self._mailbox.readonly else set()
-        gone = [seq for seq in seqs if self._uids[seq - 1] in self._ghosts]
-        tail = (f"NO [EXPUNGEISSUED] Some of the requested messages no longer exist" if gone
-                else f"OK {verb} completed")
+        self._fetch_missed = False
         chunks = self._fetch_chunks(seqs, items, seen_now)
         # Small answers go out at once; the rest through an Output event,
         # with flow control, a message at a time.
@@ -847,11 +848,19 @@ class IMAPSession:
                 break
         else:
             self._send(b"".join(first))
-            self._tagged(command.tag, tail)
+            self._fetch_done(command.tag, verb)
             return
-        self._after_stream = (command.tag, tail)
+        self._after_stream = (command.tag, verb)
         self._waiting = True
         self._out.event(Stream(_chain(first, chunks)))
+
+    def _fetch_done(self, tag: str, verb: str) -> None:
+        if self._fetch_missed:
+            # RFC 5530: a message expunged elsewhere (not yet told) whose
+            # data could no longer be read; the others were sent.
+            self._tagged(tag, "NO [EXPUNGEISSUED] Some of the requested messages no longer exist")
+        else:
+            self._tagged(tag, f"OK {verb} completed")
 
     def _mark_seen(self, seqs) -> set:
         """BODY[...] without PEEK sets \\Seen (RFC 3501 6.4.5); the UIDs it
@@ -897,6 +906,7 @@ class IMAPSession:
                 yield from self._fetch_one(mailbox, seq, entry, items, uid in seen_now)
             except StoreError:
                 ghosts.add(uid)   # gone from disk: told as EXPUNGE when allowed
+                self._fetch_missed = True
 
     def _fetch_one(self, mailbox, seq: int, entry, items, seen_now: bool) -> Iterator:
         parts: list = []      # bytes, and open ranges of streamed sections
@@ -1043,7 +1053,14 @@ class IMAPSession:
         mailbox = self._mailbox
         if mailbox is None:
             return
-        current = mailbox.refresh()
+        try:
+            current = mailbox.refresh()
+        except StoreError as exc:
+            if exc.code == "UIDVALIDITY":
+                # RFC 3501 2.3.1.1: UIDs may not change under a session.
+                self._send(b"* BYE [UNAVAILABLE] The mailbox's UIDs were reset; reconnect to resync\r\n")
+                self._close()
+            return
         if current is None:
             if expunges and self._ghosts:
                 self._tell_expunged(list(self._ghosts))

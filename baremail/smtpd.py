@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 
 from . import smtp
+from . import committer
 from .journal import fields, mail_event
 from .maildir import Delivery, MaildirError
 from .service import Server, Session
@@ -16,9 +15,6 @@ log = logging.getLogger("baremail-smtp")
 
 class SMTPConnection(Session):
     engine_class = smtp.SMTPSession
-    # The one Committer of the process, made at the first message.
-    committer: "Committer | None" = None
-
     def __init__(self, server: Server, listener: str):
         super().__init__(server, listener)
         self._delivery: Delivery | None = None
@@ -92,10 +88,7 @@ class SMTPConnection(Session):
         # so that other sessions keep being served; nothing more is read
         # from this client until its message is durable and answered.
         self.pause()
-        committer = SMTPConnection.committer
-        if committer is None:
-            committer = SMTPConnection.committer = Committer(asyncio.get_running_loop())
-        committer.commit(delivery, lambda outcome: self._committed(outcome, delivery))
+        committer.shared().commit(delivery, lambda outcome: self._committed(outcome, delivery))
 
     def _committed(self, outcome, delivery: Delivery) -> None:
         if isinstance(outcome, MaildirError):
@@ -123,59 +116,3 @@ class SMTPConnection(Session):
                         f"size={delivery.wire_size} peer={self.peer}",
                    MAILID=key, FROM=sender, RCPT=" ".join(envelope.rcpt_to),
                    SIZE=delivery.wire_size, PEER=self.peer, LISTENER=self.listener)
-
-
-class Committer:
-    """Makes deliveries durable in a thread of its own, a batch at a time.
-
-    Every delivery handed over while a batch is being written joins the
-    next batch, which then shares one fsync of new/ (group commit), and the
-    event loop hears of a whole batch through one wake-up. One thread, not
-    one per session: threads that each wake up for a few system calls spend
-    more time handing the GIL to each other (futex calls, in the kernel)
-    than the disk takes."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
-        self._lock = threading.Lock()
-        self._waiting = threading.Condition(self._lock)
-        self._queue: list = []
-        self._thread: threading.Thread | None = None
-
-    def commit(self, delivery: Delivery, done) -> None:
-        """Commit `delivery` soon; then `done(key or MaildirError)` runs on the loop."""
-        with self._lock:
-            self._queue.append((delivery, done))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="commit", daemon=True)
-                self._thread.start()
-            else:
-                self._waiting.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                while not self._queue:
-                    self._waiting.wait()
-                batch, self._queue = self._queue, []
-            outcomes = {}
-            by_maildir: dict = {}
-            for delivery, _ in batch:
-                by_maildir.setdefault(delivery.maildir, []).append(delivery)
-            for maildir, deliveries in by_maildir.items():
-                try:
-                    results = maildir.commit_all(deliveries)
-                except Exception as exc:   # a bug; still answer every client
-                    log.exception("committing %d message(s) failed", len(deliveries))
-                    results = [MaildirError(f"cannot store a message: {exc}")] * len(deliveries)
-                outcomes.update(zip(map(id, deliveries), results))
-            try:
-                self._loop.call_soon_threadsafe(self._finished, batch, outcomes)
-            except RuntimeError:
-                return   # the loop is closed: the service is exiting
-
-    @staticmethod
-    def _finished(batch: list, outcomes: dict) -> None:
-        for delivery, done in batch:
-            done(outcomes[id(delivery)])
-

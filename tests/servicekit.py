@@ -86,7 +86,7 @@ class Service:
         self.maildir = maildir
         self.config = workdir / f"{kind}.conf"
         sections: dict[str, dict] = {"baremail": {"maildir": str(maildir), "hostname": "test.example",
-                                                  "idle_exit": "0"}, "smtp": {}, "pop3": {}}
+                                                  "idle_exit": "0"}, "smtp": {}, "pop3": {}, "imap": {}}
         for key, value in settings.items():
             section, _, name = key.rpartition(".")
             sections[section or "baremail"][name] = str(value)
