@@ -121,11 +121,11 @@ class Folders:
 
     def forget(self, name: str) -> None:
         """A folder was deleted or renamed (or a parent of it)."""
+        # Dropped, not closed: a session may still hold it for a moment
+        # (Maildir.__del__ closes it when none does).
         for known in list(self.by_name):
             if known == name or known.startswith(name + imap.DELIMITER):
-                folder = self.by_name.pop(known)
-                if not folder.sessions and folder.maildir is not self.root:
-                    folder.maildir.close()
+                del self.by_name[known]
 
     def watch(self, folder: Folder, session) -> None:
         folder.sessions.add(session)

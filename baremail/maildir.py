@@ -634,6 +634,11 @@ class Maildir:
         self._index_lock = threading.RLock()
 
     @property
+    def hostname(self) -> str | None:
+        """The host name given for new keys (None: this machine's)."""
+        return self._hostname
+
+    @property
     def folder_name(self) -> str:
         """'INBOX' for the Maildir itself, else the subfolder's IMAP name."""
         if self._root == self.path:
@@ -1195,6 +1200,16 @@ class Maildir:
                 continue
         return removed
 
+    def __del__(self) -> None:
+        # A Maildir dropped (a SIGHUP that changed maildir=, a folder
+        # forgotten) closes its directories once nothing uses it any more:
+        # never earlier, as a closed descriptor's number may be reused for
+        # another file by the time a late user reaches for it.
+        try:
+            self.close()
+        except (OSError, AttributeError):
+            pass
+
     def close(self) -> None:
         for fd in (self._new_fd, self._cur_fd, self._dir_fd):
             if fd >= 0:
@@ -1206,6 +1221,7 @@ class Maildir:
             self._uid_index = None
         if self._lock is not None:
             self._lock.close()
+            self._lock = None
 
     # -- copy and move (IMAP COPY, MOVE) ----------------------------------
 

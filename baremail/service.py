@@ -371,6 +371,15 @@ class MaildirHolder:
         self._failed: str | None = None
 
     def reset(self) -> None:
+        """After a reload: the same Maildir is kept if the configuration still
+        names it; another one is opened at the next get(). The old object
+        closes its directories itself once no delivery or session holds it
+        (Maildir.__del__)."""
+        config = self._server.config
+        current = self._maildir
+        if current is not None and (current.path, current.hostname) == \
+                (os.path.abspath(config.maildir), config.host_name):
+            return
         self._maildir = None
         self._failed = None
 

@@ -338,6 +338,32 @@ def test_sighup_rereads_the_config(start_service):
         assert client.esmtp_features["size"] == "6000"
 
 
+def test_reloads_leak_no_file_descriptor(start_service, tmp_path):
+    service = start_service("smtp")
+
+    def send_one():
+        with smtplib.SMTP("127.0.0.1", service.port, timeout=10) as client:
+            client.sendmail("a@b", ["c@d"], b"Subject: x\r\n\r\nx\r\n")
+
+    def open_fds() -> int:
+        return len(os.listdir(f"/proc/{service.process.pid}/fd"))
+
+    send_one()
+    service.wait_ready()
+    before = open_fds()
+    for round_ in range(1, 11):
+        if round_ % 2 == 0:   # every other reload names another Maildir
+            text = service.config.read_text()
+            old = "Maildir2" if "Maildir2" in text else "Maildir"
+            service.config.write_text(text.replace(f"/{old}\n", "/Maildir2\n" if old == "Maildir" else "/Maildir\n"))
+        service.signal(signal.SIGHUP)
+        service.notify.wait_for(lambda line, n=round_: line == "RELOADING=1" and
+                                service.notify.messages.count("RELOADING=1") >= n)
+        send_one()
+    assert open_fds() == before, "descriptors leaked over ten reloads"
+    assert len(stored_messages(tmp_path / "Maildir2")) == 5
+
+
 def test_unusable_maildir_gives_451_and_an_error_line(start_service, tmp_path):
     (tmp_path / "plainfile").write_bytes(b"")
     service = start_service("smtp", maildir=tmp_path / "plainfile" / "Maildir")
