@@ -32,8 +32,6 @@ or a trusted LAN only).
 
 from __future__ import annotations
 
-import base64
-import bisect
 import enum
 import time
 from dataclasses import dataclass
@@ -484,12 +482,8 @@ class IMAPSession:
         except ValueError:
             self._tagged(command.tag, "NO [CANNOT] Unsupported mechanism; use PLAIN or LOGIN")
             return
-        initial = command.initial_response
         self._sasl = (command.tag, exchange)
-        if initial is None:
-            self._sasl_result(exchange.begin(None))
-        else:   # SASL-IR (RFC 4959); the parser decoded it already
-            self._sasl_result(exchange.begin(base64.b64encode(initial) or b"="))
+        self._sasl_result(exchange.begin(command.initial_response))   # SASL-IR (RFC 4959)
 
     def _sasl_line(self, line: bytes) -> None:
         self._sasl_result(self._sasl[1].respond(line))
@@ -757,16 +751,25 @@ class IMAPSession:
         self._send(b"* SEARCH" + b"".join(b" %d" % n for n in found) + b"\r\n")
         self._tagged(command.tag, f"OK {'UID ' if command.uid else ''}SEARCH completed")
 
-    def _store_flags(self, command) -> None:
-        verb = "UID STORE" if command.uid else "STORE"
-        if self._mailbox.readonly:
+    def _targets(self, command, writes: bool):
+        """(sequence numbers, entries) a STORE, COPY or MOVE names, or None
+        after answering why it cannot be done."""
+        if writes and self._mailbox.readonly:
             self._tagged(command.tag, "NO [READ-ONLY] The mailbox is open read-only")
-            return
+            return None
         seqs = self._resolve(command.sequence_set, command.uid)
         if seqs is None:
             self._bad(command.tag, "Invalid message sequence number")
+            return None
+        uids, ghosts, known = self._uids, self._ghosts, self._known
+        return seqs, [known[uids[seq - 1]] for seq in seqs if uids[seq - 1] not in ghosts]
+
+    def _store_flags(self, command) -> None:
+        verb = "UID STORE" if command.uid else "STORE"
+        targets = self._targets(command, writes=True)
+        if targets is None:
             return
-        entries = [self._known[self._uids[seq - 1]] for seq in seqs if self._uids[seq - 1] not in self._ghosts]
+        seqs, entries = targets
         try:
             changed = self._mailbox.set_flags(entries, frozenset(command.flags), command.action)
         except StoreError as exc:
@@ -793,14 +796,10 @@ class IMAPSession:
 
     def _transfer(self, command, move: bool) -> None:
         verb = ("UID " if command.uid else "") + ("MOVE" if move else "COPY")
-        if move and self._mailbox.readonly:
-            self._tagged(command.tag, "NO [READ-ONLY] The mailbox is open read-only")
+        targets = self._targets(command, writes=move)
+        if targets is None:
             return
-        seqs = self._resolve(command.sequence_set, command.uid)
-        if seqs is None:
-            self._bad(command.tag, "Invalid message sequence number")
-            return
-        entries = [self._known[self._uids[seq - 1]] for seq in seqs if self._uids[seq - 1] not in self._ghosts]
+        entries = targets[1]
         if not entries:
             self._tagged(command.tag, f"OK {verb} completed (nothing to {verb.split()[-1].lower()})")
             return

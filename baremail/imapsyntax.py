@@ -29,8 +29,9 @@ system flags in canonical case ("\Seen"); keywords as sent.
     Capability Noop Logout StartTLS Check Close Idle Namespace Unselect
                                     (no arguments)
     Authenticate(mechanism: str upper-case, initial_response: bytes | None)
-                 SASL-IR (RFC 4959): None = absent, b"" = "=", else the
-                 base64-decoded octets
+                 SASL-IR (RFC 4959): None = absent, else the base64 text as
+                 sent ("=" for an empty one), checked; engine.SaslExchange
+                 decodes it
     Login(userid: bytes, password: bytes)
     Select / Examine(mailbox: str, params: tuple[(str, value)])
                  RFC 4466 select-params, generic: name upper-case, value None,
@@ -92,8 +93,7 @@ whether it is APPEND's message (so it can be streamed to disk).
 
 Helpers: encode_mailbox / decode_mailbox (modified UTF-7), mailbox_matcher
 (LIST/LSUB patterns), format_date_time / parse_date_time (INTERNALDATE),
-format_sequence (uid-set text for COPYUID/APPENDUID), parse_sasl_response
-(an AUTHENTICATE continuation line).
+format_sequence (uid-set text for COPYUID/APPENDUID).
 
 Choices where the RFCs leave room:
 - \Recent in STORE or APPEND is a syntax error (RFC 3501 2.3.2: the client
@@ -114,7 +114,6 @@ Runs on Python 3.9 and later (pyproject.toml); standard library only.
 from __future__ import annotations
 
 import base64
-import binascii
 import bisect
 import datetime
 import re
@@ -122,6 +121,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterable, Iterator, NoReturn, Sequence, Union
 
+from .engine import decode_base64
 from .imapdata import Literal, Raw, StreamedLiteral, encode
 
 __all__ = [
@@ -187,7 +187,6 @@ __all__ = [
     "mailbox_matcher",
     "parse_command",
     "parse_date_time",
-    "parse_sasl_response",
 ]
 
 SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
@@ -954,35 +953,6 @@ def _parse_date(text: bytes) -> datetime.date:
     return datetime.date(int(year), month_number, int(day))
 
 
-# --- SASL ------------------------------------------------------------------
-
-
-def parse_sasl_response(line: bytes) -> bytes | None:
-    """An AUTHENTICATE continuation line (without CRLF): the decoded octets,
-    or None when the client cancels with "*" (RFC 3501 6.2.2). Raises
-    IMAPSyntaxError (tag None: the engine knows it) if not base64."""
-    line = line.strip(b" ")
-    if line == b"*":
-        return None
-    if line == b"=":  # an empty response, as in SASL-IR (RFC 4959)
-        return b""
-    decoded = _base64_strict(line)
-    if decoded is None:
-        raise IMAPSyntaxError(None, "invalid base64")
-    return decoded
-
-
-# RFC 4648 base64 with exact padding and nothing after it (what RFC 3501
-# 6.2.2 and RFC 4959 mean by "base64"); a2b_base64 alone skips junk.
-_BASE64_STRICT = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
-
-
-def _base64_strict(data: bytes) -> bytes | None:
-    if _BASE64_STRICT.fullmatch(data) is None:
-        return None
-    return binascii.a2b_base64(data)
-
-
 # --- The reader -------------------------------------------------------------
 
 # Character classes of RFC 3501 section 9. atom-specials: ( ) { SP CTL % *
@@ -1273,12 +1243,11 @@ def _authenticate(r: _Reader) -> Authenticate:
         text = r.match(_BASE64)
         if text is None:
             r.fail("invalid initial response")
-        if text == b"=":
-            initial = b""
-        else:
-            initial = _base64_strict(text)
-            if initial is None:
-                r.fail("invalid base64 in initial response")
+        # Checked here (a bad one is BAD), decoded with the responses that
+        # follow by the engine kit's SaslExchange: one decoder everywhere.
+        if decode_base64(bytes(text)) is None:
+            r.fail("invalid base64 in initial response")
+        initial = bytes(text)
     return Authenticate(r.tag, mechanism, initial)
 
 
