@@ -1,4 +1,4 @@
-"""A mutation fuzzer for both protocol engines (SMTPSession, POP3Session).
+"""A mutation fuzzer for the protocol engines (SMTPSession, POP3Session, IMAPSession).
 
 Valid sessions are mutated (bit flips, inserted protocol tokens, random
 bytes, deleted, duplicated and spliced ranges, lost CRs), cut into chunks
@@ -23,7 +23,9 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from baremail import pop3, smtp
+from baremail import imap, pop3, smtp
+from baremail.engine import Close, Send
+from imapfake import FakeStore
 
 SMTP_SEEDS = [
     b"EHLO client.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<root@localhost>\r\nDATA\r\n"
@@ -45,12 +47,27 @@ POP3_SEEDS = [
     b"STAT\r\nDELE 1\r\nDELE 1\r\nLIST 1\r\nDELE 4\r\nQUIT\r\n",
 ]
 
+IMAP_SEEDS = [
+    b"a LOGIN u p\r\nb SELECT INBOX\r\nc FETCH 1:* (FLAGS UID RFC822.SIZE)\r\nd UID FETCH 2:* "
+    b"(UID BODY.PEEK[HEADER.FIELDS (FROM SUBJECT)])\r\ne STORE 1 +FLAGS (\\Seen $Junk)\r\nf LOGOUT\r\n",
+    b"a AUTHENTICATE PLAIN AHUAcA==\r\nb CREATE Trash\r\nc SELECT INBOX\r\nd UID MOVE 1 Trash\r\n"
+    b"e EXPUNGE\r\nf IDLE\r\nDONE\r\ng CLOSE\r\n",
+    b"a LOGIN {1}\r\nu {1+}\r\np\r\nb APPEND INBOX (\\Seen) {20+}\r\nSubject: x\r\n\r\nbody\r\n"
+    b"\r\nc SELECT INBOX\r\nd FETCH 1:* (ENVELOPE BODYSTRUCTURE BODY[] INTERNALDATE)\r\n",
+    b"a LOGIN u p\r\nb EXAMINE INBOX\r\nc SEARCH OR UNSEEN FROM x NOT BODY y\r\nd UID SEARCH UID 1:*\r\n"
+    b"e LIST \"\" \"*\"\r\nf STATUS INBOX (MESSAGES UIDNEXT UNSEEN)\r\ng NAMESPACE\r\nh ID NIL\r\n",
+    b"a AUTHENTICATE LOGIN\r\ndQ==\r\ncA==\r\nb SELECT INBOX\r\nc COPY 1:2 INBOX\r\nd FETCH 2 "
+    b"(BODY[1] BODY[TEXT]<0.5> RFC822.HEADER)\r\ne UNSELECT\r\nf LOGOUT\r\n",
+]
+
 TOKENS = [b"\r\n", b"\n", b"\r", b".", b"\r\n.\r\n", b"\r\n..", b"\x00", b"\xff", b" ", b"\t", b"<", b">",
           b'"', b"\\", b"=", b"*", b"DATA\r\n", b"RSET\r\n", b"QUIT\r\n", b"AUTH PLAIN\r\n", b"AUTH LOGIN\r\n",
           b"MAIL FROM:<x@y>\r\n", b"RCPT TO:<z@w>\r\n", b"EHLO x\r\n", b"SIZE=99999999999999", b"BODY=8BITMIME",
           b"USER a\r\n", b"PASS\r\n", b"RETR 2\r\n", b"TOP 1 3\r\n", b"DELE 2\r\n", b"LIST\r\n", b"UIDL\r\n",
           b"A" * 600, b"B" * 5000, b"\r\n" * 50, b"-1", b"99999999999999999999999",
-          b"EHLO " + b"h" * 500 + b"\r\n", b"HELO \xc3\xa9" + b"h" * 496 + b"\r\n", b"a" * 250]
+          b"EHLO " + b"h" * 500 + b"\r\n", b"HELO \xc3\xa9" + b"h" * 496 + b"\r\n", b"a" * 250,
+          b"{5}\r\n", b"{0+}\r\n", b"{99999999}\r\n", b"{3+}\r\n", b"1:*", b"*:4", b"(", b")",
+          b"BODY[1.2.MIME]<0.10>", b"IDLE\r\n", b"DONE\r\n", b"z FETCH 1 BODY[]\r\n", b"&AOQ-", b"%"]
 
 OPERATIONS = ("flip", "token", "bytes", "delete", "duplicate", "lose_cr", "truncate", "swap")
 
@@ -249,7 +266,69 @@ class POP3Runtime:
         assert self.closed and self.session.receive(b"STAT\r\n") == []
 
 
-RUNTIMES = {"smtp": (SMTPRuntime, SMTP_SEEDS), "pop3": (POP3Runtime, POP3_SEEDS)}
+class IMAPRuntime:
+    """Performs the IMAP engine's events over an in-memory store; checks
+    that every response line starts as RFC 3501 section 7 says and that
+    the engine never holds more than a command line of input."""
+
+    def __init__(self, outcomes):
+        self.store = FakeStore()
+        for number in range(1, 4):
+            self.store.inbox.add(b"Subject: %d\r\nFrom: a@b\r\n\r\nbody %d\r\n" % (number, number))
+        self.session = imap.IMAPSession("fuzz.example", self.store, max_message_size=100_000,
+                                        clock=lambda: 1_732_480_000.0)
+        self.outcomes = outcomes
+        self.closed = False
+        self.perform(self.session.start())
+
+    def perform(self, events) -> None:
+        queue = list(events)
+        while queue:
+            event = queue.pop(0)
+            assert not self.closed, f"{event!r} after Close"
+            kind = type(event)
+            if kind is Send:
+                assert event.data.endswith(b"\r\n"), event.data[-40:]
+                first = event.data[:2]
+                assert first in (b"* ", b"+ ") or re.match(rb"[^ ]+ (OK|NO|BAD) ", event.data), event.data[:80]
+            elif kind is imap.Stream:
+                for chunk in event.chunks:
+                    if not isinstance(chunk, bytes):
+                        while chunk.read(4096):
+                            pass
+                        chunk.close()
+                queue += self.session.streamed()
+            elif kind is imap.CommitAppend:
+                if "disk_full" in self.outcomes:
+                    result = imap.StoreError("OVERQUOTA", "full")
+                else:
+                    try:
+                        result = event.handle.commit()
+                    except imap.StoreError as exc:
+                        result = exc
+                queue += self.session.appended(result)
+            elif kind is imap.Watch:
+                pass
+            elif kind is Close:
+                self.closed = True
+            else:
+                raise AssertionError(f"unknown event {event!r}")
+
+    def feed(self, chunk: bytes) -> None:
+        events = self.session.receive(chunk)
+        if self.closed:
+            assert events == [], "events after Close"
+        self.perform(events)
+        held = len(self.session._framer)
+        assert held <= 64 * 1024 + 1024 * 1024, f"engine holds {held} octets"
+
+    def finish(self) -> None:
+        self.perform(self.session.timeout())
+        assert self.closed and self.session.receive(b"a NOOP\r\n") == []
+
+
+RUNTIMES = {"smtp": (SMTPRuntime, SMTP_SEEDS), "pop3": (POP3Runtime, POP3_SEEDS),
+            "imap": (IMAPRuntime, IMAP_SEEDS)}
 
 
 def run_session(kind: str, chunks, outcomes) -> None:
@@ -273,6 +352,12 @@ def test_smtp_engine_survives_mutated_sessions(case):
 @given(mutated_sessions(POP3_SEEDS))
 def test_pop3_engine_survives_mutated_sessions(case):
     run_session("pop3", *case)
+
+
+@FUZZ
+@given(mutated_sessions(IMAP_SEEDS))
+def test_imap_engine_survives_mutated_sessions(case):
+    run_session("imap", *case)
 
 
 @settings(max_examples=200, deadline=None, database=None)

@@ -559,6 +559,18 @@ def test_a_command_with_literals_split_at_any_byte_gives_the_same_answer(cut):
     assert whole.endswith(b"b OK [APPENDUID 1000 1] APPEND completed\r\nc OK NOOP completed\r\n")
 
 
+def test_a_stream_of_literals_cut_in_two_at_every_byte_gives_the_same_answer():
+    data = message(1)
+    stream = b"a LOGIN {3}\r\njoe {2+}\r\npw\r\nb SELECT INBOX\r\nc APPEND INBOX {%d}\r\n" % len(data) + data + \
+        b"\r\nd SEARCH SUBJECT {7}\r\nmessage\r\ne LOGOUT\r\n"
+    whole = Client().send(stream)
+    assert whole.count(b"+ OK\r\n") == 3 and b"* SEARCH 1\r\n" in whole
+    for cut in range(1, len(stream)):
+        client = Client()
+        got = client.send(stream[:cut]) + client.send(stream[cut:])
+        assert got == whole, cut
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300))
 def test_no_input_makes_the_engine_raise(data):
