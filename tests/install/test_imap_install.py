@@ -91,3 +91,29 @@ def test_reinstall_and_purge_keep_the_mail_and_the_folders(box):
                   "m.login('a', 'b'); print(json.dumps([m.status(n, '(MESSAGES)')[1][0].decode() "
                   "for n in ('INBOX', 'Trash')]))").stdout
     assert json.loads(out) == ['"INBOX" (MESSAGES 1)', '"Trash" (MESSAGES 1)']
+
+
+HOLD_PORT_143 = r"""
+import socket, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 143))
+s.listen()
+time.sleep(3600)
+"""
+
+
+def test_install_with_port_143_taken_completes_and_says_what_to_do(box):
+    apt(box, "purge", "baremail")
+    box.run("systemd-run", "--unit=hold-port-143", "python3", "-c", HOLD_PORT_143)
+    try:
+        wait_for(lambda: "127.0.0.1:143" in listening(box), "the other IMAP server on port 143")
+        result = apt(box, "install", box.debs["current"])
+        out = result.stdout + result.stderr
+        assert "baremail-imap.socket could not listen" in out and "ListenStream=127.0.0.1:1143" in out, out
+        assert show(box, SOCKET, "ActiveState") == "failed"
+        assert show(box, "baremail-smtp.socket", "ActiveState") == "active"
+    finally:
+        box.run("systemctl", "stop", "hold-port-143.service", check=False)
+    box.run("systemctl", "restart", SOCKET)
+    assert probe(box, "127.0.0.1", 143).startswith("* OK")
