@@ -15,7 +15,8 @@ BUILD_PACKAGES = dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-s
 	python3-all man-db python3-pytest python3-hypothesis
 # `make test`: real clients, the containers of the install tests, lintian, piuparts.
 TEST_PACKAGES = $(RUN_PACKAGES) $(BUILD_PACKAGES) swaks curl fetchmail mpop systemd-container \
-	mmdebstrap debian-archive-keyring util-linux strace lintian piuparts
+	mmdebstrap debian-archive-keyring util-linux strace lintian piuparts \
+	isync offlineimap3 getmail6 neomutt
 
 .PHONY: deps run-deps build-deps run test test-unit test-integration test-install test-reliability deb lintian bench clean
 

@@ -24,6 +24,23 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class Amount:
+    """A size given in octets, or as a percentage of the file system that
+    holds the Maildir ("10%")."""
+
+    value: float
+    percent: bool = False
+
+    def octets(self, file_system_size: int) -> int:
+        return int(file_system_size * self.value / 100) if self.percent else int(self.value)
+
+    def __str__(self) -> str:
+        if self.percent:
+            return f"{self.value:g}%"
+        return str(int(self.value))
+
+
+@dataclass(frozen=True)
 class Config:
     source: str = "(built-in defaults)"
     maildir: str = "/var/lib/baremail/Maildir"
@@ -42,6 +59,12 @@ class Config:
     imap_timeout: float = 1800.0
     sendmail_server: str = "127.0.0.1:25"
     sendmail_retry_time: float = 60.0
+    # Below this much free space on the Maildir's file system, SMTP and IMAP
+    # APPEND refuse new mail for now (452 4.3.1, NO [OVERQUOTA]).
+    disk_reserve: Amount = Amount(1, percent=True)
+    retention_max_age_days: float = 0.0
+    retention_max_messages: int = 0
+    retention_max_size: Amount = Amount(10, percent=True)
 
     @functools.cached_property
     def host_name(self) -> str:
@@ -69,6 +92,40 @@ def _seconds(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise ValueError("must be a number of seconds, 0 or more")
     return value
+
+
+def _count(text: str) -> int:
+    value = _number(int, text)
+    if value < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return value
+
+
+def _days(text: str) -> float:
+    value = _number(float, text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number of days, 0 or more")
+    return value
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _amount(text: str) -> Amount:
+    """'10%', '500M', '2G', '1048576' (octets); 0 switches a limit off."""
+    raw = text.strip()
+    if raw.endswith("%"):
+        value = _number(float, raw[:-1])
+        if not 0 <= value <= 100:
+            raise ValueError(f"{raw!r}: a percentage must be from 0 to 100")
+        return Amount(value, percent=True)
+    unit = raw[-1:].upper() if raw[-1:].isalpha() else ""
+    if unit not in _UNITS:
+        raise ValueError(f"{raw!r} is not a size (octets, or with K, M, G, T, or a percentage such as 10%)")
+    value = _number(float, raw[:-1] if unit else raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{raw!r}: a size must be 0 or more")
+    return Amount(value * _UNITS[unit])
 
 
 def _addresses(text: str) -> tuple:
@@ -101,6 +158,7 @@ _KEYS: Mapping[tuple, tuple] = {
     ("baremail", "idle_exit"): ("idle_exit", _seconds),
     ("baremail", "max_sessions"): ("max_sessions", _positive_int),
     ("baremail", "stop_timeout"): ("stop_timeout", _seconds),
+    ("baremail", "disk_reserve"): ("disk_reserve", _amount),
     ("smtp", "listen"): ("smtp_listen", _addresses),
     ("smtp", "max_message_size"): ("max_message_size", _positive_int),
     ("smtp", "max_recipients"): ("max_recipients", _positive_int),
@@ -112,6 +170,9 @@ _KEYS: Mapping[tuple, tuple] = {
     ("imap", "timeout"): ("imap_timeout", _seconds),
     ("sendmail", "server"): ("sendmail_server", _address),
     ("sendmail", "retry_time"): ("sendmail_retry_time", _seconds),
+    ("retention", "max_age_days"): ("retention_max_age_days", _days),
+    ("retention", "max_messages"): ("retention_max_messages", _count),
+    ("retention", "max_size"): ("retention_max_size", _amount),
 }
 
 

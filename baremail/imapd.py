@@ -475,7 +475,10 @@ class Store:
         result = [FolderInfo("INBOX", True, False, None)]
         for name in sorted(names | parents):
             has_children = any(other.startswith(name + imap.DELIMITER) for other in names)
-            result.append(FolderInfo(name, name in names, has_children, imap.special_use(name)))
+            # A parent that is no folder itself gets no special use: a client
+            # must not pick a mailbox it cannot store mail in as its Archive.
+            result.append(FolderInfo(name, name in names, has_children,
+                                     imap.special_use(name) if name in names else None))
         return result
 
     def exists(self, name: str) -> bool:
@@ -565,6 +568,8 @@ class Store:
     def begin_append(self, name: str, flags: tuple, date: float | None, size: int) -> _AppendHandle:
         if not self.exists(name):
             raise StoreError("TRYCREATE", f"There is no mailbox {name!r}")
+        if not self._session.server.maildir.reserve.fits(size):
+            raise StoreError("OVERQUOTA", "Not enough free disk space for new mail now; try again later")
         folder = self.folder(name)
         try:
             delivery = folder.maildir.begin(flags=list(flags), internal_date=date)
@@ -578,6 +583,7 @@ class Store:
 
 class IMAPConnection(Session):
     engine_class = imap.IMAPSession
+    takes_mail = True
 
     def __init__(self, server: Server, listener: str):
         super().__init__(server, listener)

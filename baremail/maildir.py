@@ -86,7 +86,7 @@ class MaildirError(Exception):
         self.limit = limit
 
 
-@dataclass(unsafe_hash=True)
+@dataclass(unsafe_hash=True, slots=True)
 class Message:
     """One message as a listing saw it. `size` is its wire size (CRLF);
     `flags` the letters of its name's ``:2,`` info, as in the name ("" in
@@ -1784,6 +1784,13 @@ def _order(key: str) -> tuple:
     if not match:
         return (float("inf"), 0, key)
     return (int(match.group(1)), int(match.group(2) or 0), key)
+
+
+def delivery_order(key: str) -> tuple:
+    """The sort key of a message in delivery order: (seconds, microseconds,
+    key) from BareMail's names; a name with no time in it sorts last (it
+    is treated as just delivered)."""
+    return _order(key)
 
 
 def _wire_size(key: str, path: str) -> int | None:

@@ -22,6 +22,7 @@ from . import config as configuration
 from .engine import Close, Send
 from .journal import fields
 from .maildir import Maildir, MaildirError
+from .reserve import DiskReserve
 
 log = logging.getLogger("baremail")
 
@@ -80,6 +81,7 @@ class Session(asyncio.BufferedProtocol):
     """
 
     handlers: dict = {}
+    takes_mail = False   # SMTP and IMAP (APPEND) store new mail: the disk reserve applies
 
     def __init__(self, server: "Server", listener: str):
         self.server = server
@@ -369,6 +371,16 @@ class MaildirHolder:
         self._server = server
         self._maildir: Maildir | None = None
         self._failed: str | None = None
+        self._reserve: DiskReserve | None = None
+
+    @property
+    def reserve(self) -> DiskReserve:
+        """The disk reserve of the configured Maildir's file system."""
+        config = self._server.config
+        reserve = self._reserve
+        if reserve is None or (reserve.path, reserve.amount) != (config.maildir, config.disk_reserve):
+            reserve = self._reserve = DiskReserve(config.maildir, config.disk_reserve)
+        return reserve
 
     def reset(self) -> None:
         """After a reload: the same Maildir is kept if the configuration still
@@ -419,7 +431,7 @@ class Server:
         engine class (`engine_class`, for the session cap's refusal) and
         `listen(config)`, the addresses to bind when systemd passed none."""
         self._load_config = load_config
-        self._session_factory = session_factory
+        self._session_factory = self.session_factory = session_factory
         self._listen = session_factory.listen
         self.config = load_config()
         self.sessions: set[Session] = set()
@@ -474,6 +486,8 @@ class Server:
     def status_text(self) -> str:
         parts = [f"{len(self.sessions)} session{'s' if len(self.sessions) != 1 else ''} open"]
         parts += [f"{value} {name}" for name, value in self.counters.items()]
+        if self.session_factory.takes_mail and self.maildir.reserve.low:
+            parts.append("refusing new mail: free disk space below disk_reserve")
         return ", ".join(parts)
 
     def status_changed(self) -> None:

@@ -290,12 +290,15 @@ class SMTPSession:
 
     def __init__(self, hostname: str, peer: str = "unknown",
                  max_message_size: int = 104857600,
-                 max_recipients: int = 1000, clock=time.time):
+                 max_recipients: int = 1000, clock=time.time, storage=None):
         self.hostname = hostname
         self.peer = peer
         self.max_message_size = max_message_size
         self.max_recipients = max_recipients
         self._clock = clock
+        # An object whose `low` is True while new mail must wait (the disk
+        # reserve): MAIL FROM then gets 452 4.3.1, a reply senders retry.
+        self._storage = storage
         self._reader = LineReader(_LINE_LIMIT[_Input.COMMAND])
         self._buf = self._reader.buffer   # raw input, for message content
         self._input = _Input.COMMAND
@@ -568,6 +571,9 @@ class SMTPSession:
         if size > self.max_message_size:
             # RFC 1870: refuse at once rather than after the transfer.
             self._reply("message_too_big")
+            return
+        if self._storage is not None and self._storage.low:
+            self._reply("storage_full")   # RFC 5321 4.5.3.1.10 / RFC 3463 4.3.1
             return
         self._mail_from, self._body, self._smtputf8 = address, body, smtputf8
         self._stage = _Stage.MAIL

@@ -15,6 +15,7 @@ log = logging.getLogger("baremail-smtp")
 
 class SMTPConnection(Session):
     engine_class = smtp.SMTPSession
+    takes_mail = True
     def __init__(self, server: Server, listener: str):
         super().__init__(server, listener)
         self._delivery: Delivery | None = None
@@ -29,7 +30,8 @@ class SMTPConnection(Session):
         config = self.config
         return smtp.SMTPSession(config.host_name, peer=self.peer,
                                 max_message_size=config.max_message_size,
-                                max_recipients=config.max_recipients)
+                                max_recipients=config.max_recipients,
+                                storage=self.server.maildir.reserve)
 
     def timeout_seconds(self) -> float:
         if self.engine is not None and self.engine.in_data:
@@ -82,6 +84,13 @@ class SMTPConnection(Session):
     def _commit(self, event: smtp.EndMessage) -> None:
         delivery, self._delivery = self._delivery, None
         if delivery is None:
+            self._reply_failure()
+            return
+        if not self.server.maildir.reserve.fits(delivery.wire_size):
+            delivery.abort()
+            log.info("refused a message of %d octets from %s: it would take the free disk space "
+                     "below disk_reserve", delivery.wire_size, self.peer, extra=fields(PEER=self.peer))
+            self._failure = MaildirError("below the disk reserve", disk_full=True)
             self._reply_failure()
             return
         # fsync takes milliseconds: the committer does it off the event loop

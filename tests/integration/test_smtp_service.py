@@ -350,6 +350,7 @@ def test_reloads_leak_no_file_descriptor(start_service, tmp_path):
 
     send_one()
     service.wait_ready()
+    service.notify.wait_for(lambda line: line.startswith("STATUS=0 sessions"))
     before = open_fds()
     for round_ in range(1, 11):
         if round_ % 2 == 0:   # every other reload names another Maildir
@@ -360,6 +361,10 @@ def test_reloads_leak_no_file_descriptor(start_service, tmp_path):
         service.notify.wait_for(lambda line, n=round_: line == "RELOADING=1" and
                                 service.notify.messages.count("RELOADING=1") >= n)
         send_one()
+    # The last client's socket may still be closing on the server's side.
+    deadline = time.monotonic() + 5
+    while open_fds() != before and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert open_fds() == before, "descriptors leaked over ten reloads"
     assert len(stored_messages(tmp_path / "Maildir2")) == 5
 

@@ -36,6 +36,6 @@ def test_baremail_conf_5_documents_every_key_with_its_default():
             assert f"{key} (default: {shown})" in part, (section, key, shown)
 
 
-@pytest.mark.parametrize("page", ["baremail-smtp.8", "baremail-pop3.8", "baremail-imap.8", "baremail-sendmail.8"])
+@pytest.mark.parametrize("page", ["baremail-smtp.8", "baremail-pop3.8", "baremail-imap.8", "baremail-expire.8", "baremail-sendmail.8"])
 def test_program_pages_render_without_warnings(page):
     assert "SYNOPSIS" in rendered(page)
