@@ -660,7 +660,24 @@ class Server:
         return EX_OK
 
     def run(self) -> int:
+        _room_for_sessions(self.config.max_sessions)
         try:
             return asyncio.run(self.serve())
         except KeyboardInterrupt:
             return EX_OK
+
+
+def _room_for_sessions(sessions: int) -> None:
+    """A descriptor per session and a few for the Maildir: raise the soft
+    limit on open files towards the hard one (the units set LimitNOFILE=;
+    this is for a service started by hand, e.g. make run)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = sessions * 2 + 256
+    if soft >= wanted:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard) if hard != resource.RLIM_INFINITY
+                                                    else wanted, hard))
+    except (ValueError, OSError):
+        pass   # the sandbox's system call filter may forbid it: the unit's limit stands
