@@ -289,6 +289,7 @@ class POP3Session:
         self._sasl: SaslExchange | None = None  # the AUTH exchange under way
         self._messages: tuple = ()
         self._deleted: set = set()  # indexes into _messages
+        self._ended_by = "dropped"   # until QUIT, a timeout or a shutdown says otherwise
         self._retrieved_count = 0
         self._retrieved_octets = 0
         self._deleted_count = 0
@@ -330,6 +331,12 @@ class POP3Session:
     def message_count(self) -> int:
         """Messages in the snapshot (0 before TRANSACTION)."""
         return len(self._messages)
+
+    @property
+    def ended_by(self) -> str:
+        """How the session ended (for logs): "quit", "timeout", "shutdown",
+        or "dropped" (the client went away without QUIT)."""
+        return self._ended_by
 
     @property
     def retrieved_count(self) -> int:
@@ -589,6 +596,7 @@ class POP3Session:
             out.send(_reply("goodbye_update", deleted=len(deleted)))
         else:
             out.send(_reply("goodbye"))
+        self._ended_by = "quit"
         self._close(out)
 
     # --- Helpers -----------------------------------------------------------------
@@ -621,6 +629,7 @@ class POP3Session:
         out = Output()
         if not self._busy:
             out.send(_reply(reply))
+        self._ended_by = reply
         self._close(out)
         return out.take()
 

@@ -39,11 +39,17 @@ class POP3Connection(Session):
     def lost(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        # The one line per session (issue 15's decision): what an admin needs
+        # to know of a mail client's visit, without a journal entry per
+        # message retrieved. Deletions still get a line each (_update).
         engine = self.engine
-        log.info("session from %s ended: retrieved %d (%d octets), deleted %d",
-                 self.peer, engine.retrieved_count, engine.retrieved_octets, self._deleted,
-                 extra=fields(PEER=self.peer, RETRIEVED=engine.retrieved_count,
-                              OCTETS=engine.retrieved_octets, DELETED=self._deleted))
+        user = engine.user if engine.user is not None else "-"
+        log.info("session from %s ended (%s): user %s, retrieved %d (%d octets), deleted %d",
+                 self.peer, engine.ended_by, user, engine.retrieved_count, engine.retrieved_octets,
+                 self._deleted,
+                 extra=fields(PEER=self.peer, USER=user, ENDED=engine.ended_by,
+                              RETRIEVED=engine.retrieved_count, OCTETS=engine.retrieved_octets,
+                              DELETED=self._deleted, LISTENER=self.listener))
 
     # -- events -----------------------------------------------------------
 
@@ -107,8 +113,9 @@ class POP3Connection(Session):
         message = event.message
         if event.lines is None:
             self.server.count("retrieved")
-            mail_event(log, f"retrieved {message.key} size={message.size} peer={self.peer}",
-                       MAILID=message.key, SIZE=message.size, PEER=self.peer, LISTENER=self.listener)
+            if log.isEnabledFor(logging.DEBUG):   # per message at DEBUG: the session line says it
+                log.debug("retrieved %s size=%d peer=%s", message.key, message.size, self.peer,
+                          extra=fields(MAILID=message.key, SIZE=message.size, PEER=self.peer))
             try:
                 self.server.maildir.get().mark_seen(message)
             except MaildirError as exc:

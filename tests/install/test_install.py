@@ -225,9 +225,28 @@ def test_journal_has_the_delivery_and_retrieval_lines(box, shared, say):
                         f"BAREMAIL_LISTENER={other}") == []
         say(f"port {port}: BAREMAIL_LISTENER={listener}: {lines[0]}")
         assert lines[0] in journal(box, "-u", "baremail-smtp")
-        wait_for(lambda: any(line.startswith(f"retrieved {key} ")
-                             for line in journal(box, "-u", "baremail-pop3")),
-                 f"'retrieved {key}' in the journal")
+    # POP3 writes one line per session (not one per message retrieved): the
+    # round trip's session read all four and deleted none. The journal's
+    # per-message retrieval lines are at DEBUG only.
+    sessions = wait_for(lambda: journal(box, "-u", "baremail-pop3", "BAREMAIL_USER=root",
+                                        "BAREMAIL_RETRIEVED=4"), "the POP3 session's line")
+    assert re.match(r"session from \[::1\]:\d+ ended \(quit\): user root, retrieved 4 \(\d+ octets\), "
+                    r"deleted 0$", sessions[0]), sessions
+    say(f"POP3: {sessions[0]}")
+    assert not any(line.startswith("retrieved ") for line in journal(box, "-u", "baremail-pop3"))
+
+
+def test_journal_has_one_line_per_deleted_message(box):
+    box.run("swaks", "--server", "127.0.0.1:25", "--to", "root@localhost", "--header", "Subject: to delete",
+            "--body", "gone soon", "--silent", "2")
+    out = box.run("python3", "-c", "import poplib; p = poplib.POP3('127.0.0.1', 110); p.user('deleter'); "
+                  "p.pass_('x'); n = p.stat()[0]; print(p.uidl(n).split()[2].decode()); p.dele(n); p.quit()").stdout
+    key = out.strip()
+    lines = wait_for(lambda: journal(box, "-u", "baremail-pop3", f"BAREMAIL_MAILID={key}"),
+                     f"the deletion of {key} in the journal")
+    assert lines == [f"deleted {key} peer=127.0.0.1:" + lines[0].rsplit(":", 1)[1]]
+    assert wait_for(lambda: journal(box, "-u", "baremail-pop3", "BAREMAIL_USER=deleter", "BAREMAIL_DELETED=1"),
+                    "the deleting session's line")
 
 
 def test_reload_rereads_the_configuration(box):

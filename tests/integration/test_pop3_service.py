@@ -4,6 +4,7 @@ import base64
 import os
 import poplib
 import shutil
+import re
 import signal
 import smtplib
 import socket
@@ -144,9 +145,9 @@ def test_dropped_connection_after_dele_deletes_nothing(mail_services):
     # The line the service writes once it has handled the drop (not the
     # --debug line it writes at connect): only then has it decided.
     deadline = time.monotonic() + 10
-    while " ended: " not in pop3.log() and time.monotonic() < deadline:
+    while " ended (dropped)" not in pop3.log() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert " ended: " in pop3.log()
+    assert " ended (dropped)" in pop3.log()
     assert len(stored_messages(smtp.maildir)) == 1
 
 
@@ -313,3 +314,29 @@ def test_sigterm_serves_an_active_session_to_its_quit_and_ends_a_quiet_one(mail_
     assert pop3.wait() == 0
     remaining = stored_messages(smtp.maildir)
     assert sorted(m.split(b"\n\n", 1)[1] for m in remaining) == [b"three\n", b"two\n"]
+
+
+def test_one_line_per_session_says_how_it_ended_and_one_per_deletion(start_service, tmp_path):
+    maildir = tmp_path / "Maildir"
+    smtp = start_service("smtp", maildir)
+    pop3 = start_service("pop3", maildir, **{"pop3.timeout": 1})
+    deliver(smtp, b"Subject: 1\r\n\r\none\r\n", b"Subject: 2\r\n\r\ntwo\r\n", b"Subject: 3\r\n\r\nthree\r\n")
+    client = pop(pop3, user="reader")
+    client.retr(1)
+    client.retr(2)
+    client.dele(3)
+    client.quit()
+    dropped = pop(pop3, user="dropper")
+    dropped.retr(1)
+    dropped.sock.shutdown(socket.SHUT_RDWR)
+    dropped.sock.close()
+    idle = pop(pop3, user="sleeper")
+    deadline = time.monotonic() + 10
+    while pop3.log().count(" ended (") < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [line for line in pop3.log().splitlines() if " ended (" in line]
+    assert any(re.search(r"ended \(quit\): user reader, retrieved 2 \(\d+ octets\), deleted 1$", l) for l in lines), lines
+    assert any(re.search(r"ended \(dropped\): user dropper, retrieved 1 \(\d+ octets\), deleted 0$", l) for l in lines), lines
+    assert any(re.search(r"ended \(timeout\): user sleeper, retrieved 0 \(0 octets\), deleted 0$", l) for l in lines), lines
+    assert len([line for line in pop3.log().splitlines() if " INFO deleted " in line]) == 1
+    idle.sock.close()
