@@ -32,6 +32,7 @@ or a trusted LAN only).
 
 from __future__ import annotations
 
+import bisect
 import enum
 import time
 from dataclasses import dataclass
@@ -101,7 +102,16 @@ class Entry(Protocol):
     uid: int
     flags: frozenset    # IMAP flag names: "\\Seen", "$Forwarded", ...
     size: int           # RFC822.SIZE
-    recent: bool
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What Mailbox.refresh() found since the last look: UIDs gone, entries
+    new (any order), entries whose flags may differ."""
+
+    expunged: tuple = ()
+    added: tuple = ()
+    changed: tuple = ()
 
 
 class Mailbox(Protocol):
@@ -109,8 +119,10 @@ class Mailbox(Protocol):
     readonly: bool
     uidvalidity: int
 
-    def entries(self) -> list: ...                     # Entry in UID order
-    def refresh(self) -> list | None: ...              # entries again, or None if unchanged
+    recent: set                                        # UIDs \\Recent for this session
+    def view(self) -> tuple: ...                       # (UIDs, entries) in UID order; copied
+    first_unseen: int | None                           # index in view() of the first not \\Seen
+    def refresh(self) -> Changes | None: ...           # what changed since the last look
     @property
     def uidnext(self) -> int: ...
     def keywords(self) -> Iterable[str]: ...           # keywords the folder knows
@@ -121,6 +133,7 @@ class Mailbox(Protocol):
     def internal_date(self, entry) -> float: ...
     def structure(self, entry) -> mime.Part: ...       # StoreError if gone
     def header(self, entry) -> bytes: ...              # the header block
+    def header_fields(self, entry, names: tuple, exclude: bool) -> bytes: ...  # mime.header_fields of it
     def read(self, entry, start: int, end: int) -> bytes: ...     # small ranges
     def open_range(self, entry, start: int, end: int): ...      # read(n) -> bytes, close()
     def search_view(self, entry, seq: int): ...         # an imapsearch.SearchMessage
@@ -193,6 +206,11 @@ def special_use(name: str) -> str | None:
     return SPECIAL_USE.get(name.lower()) if DELIMITER not in name else None
 
 
+_SIMPLE = {"UID": b"UID %d", "FLAGS": b"FLAGS %s", "RFC822.SIZE": b"RFC822.SIZE %d"}
+# FLAGS text by flag set: a mailbox has few distinct sets.
+_FLAG_TEXT: dict = {}
+
+
 def _flags(flags) -> bytes:
     return b"(" + " ".join(sorted(flags)).encode("utf-8", "surrogateescape") + b")"
 
@@ -234,7 +252,7 @@ class IMAPSession:
         self._committing = None      # (prefix, handle) while CommitAppend is outstanding
         self._mailbox: Mailbox | None = None
         self._uids: list = []        # sequence number - 1 -> UID
-        self._known: dict = {}       # UID -> the entry as this session last told it
+        self._entries: list = []     # sequence number - 1 -> the entry as last told
         self._ghosts: set = set()    # UIDs expunged elsewhere, not yet told (7.4.1)
 
     # --- the face every engine shows ----------------------------------------------
@@ -533,19 +551,19 @@ class IMAPSession:
             return
         self._mailbox = mailbox
         self.state = State.SELECTED
-        entries = mailbox.entries()
-        self._uids = [entry.uid for entry in entries]
-        self._known = {entry.uid: entry for entry in entries}
+        uids, entries = mailbox.view()
+        # Copies (C-speed): this session's numbering changes only when it
+        # tells the client, whatever the folder does meanwhile.
+        self._uids, self._entries = list(uids), list(entries)
         self._ghosts = set()
         keywords = " ".join(sorted(mailbox.keywords()))
         flags = " ".join(SYSTEM_FLAGS) + (" " + keywords if keywords else "")
         out = [f"* FLAGS ({flags})\r\n",
                f"* OK [PERMANENTFLAGS {'()' if readonly else _PERMANENT}] Flags permitted\r\n",
                f"* {len(entries)} EXISTS\r\n",
-               f"* {sum(1 for entry in entries if entry.recent)} RECENT\r\n"]
-        unseen = next((seq for seq, entry in enumerate(entries, 1) if "\\Seen" not in entry.flags), None)
-        if unseen is not None:
-            out.append(f"* OK [UNSEEN {unseen}] First unseen\r\n")
+               f"* {len(mailbox.recent)} RECENT\r\n"]
+        if mailbox.first_unseen is not None:
+            out.append(f"* OK [UNSEEN {mailbox.first_unseen + 1}] First unseen\r\n")
         out.append(f"* OK [UIDVALIDITY {mailbox.uidvalidity}] UIDs valid\r\n")
         out.append(f"* OK [UIDNEXT {mailbox.uidnext}] Predicted next UID\r\n")
         self._send("".join(out).encode("utf-8", "surrogateescape"))
@@ -558,7 +576,7 @@ class IMAPSession:
             self._mailbox.close()
             self._mailbox = None
             self._out.event(Watch(None))
-        self._uids, self._known, self._ghosts = [], {}, set()
+        self._uids, self._entries, self._ghosts = [], [], set()
         if self.state is State.SELECTED:
             self.state = State.AUTHENTICATED
 
@@ -738,9 +756,9 @@ class IMAPSession:
     def _search(self, command) -> None:
         count = len(self._uids)
         mailbox = self._mailbox
-        known = self._known
-        messages = (mailbox.search_view(known[uid], seq) for seq, uid in enumerate(self._uids, 1)
-                    if uid not in self._ghosts)
+        ghosts = self._ghosts
+        messages = (mailbox.search_view(entry, seq) for seq, entry in enumerate(self._entries, 1)
+                    if entry.uid not in ghosts)
         try:
             found = imapsearch.search(command.key, messages, count=count, uid_max=self._uid_max())
         except StoreError as exc:
@@ -761,8 +779,8 @@ class IMAPSession:
         if seqs is None:
             self._bad(command.tag, "Invalid message sequence number")
             return None
-        uids, ghosts, known = self._uids, self._ghosts, self._known
-        return seqs, [known[uids[seq - 1]] for seq in seqs if uids[seq - 1] not in ghosts]
+        entries, ghosts = self._entries, self._ghosts
+        return seqs, [entries[seq - 1] for seq in seqs if entries[seq - 1].uid not in ghosts]
 
     def _store_flags(self, command) -> None:
         verb = "UID STORE" if command.uid else "STORE"
@@ -775,7 +793,7 @@ class IMAPSession:
         except StoreError as exc:
             self._no(command.tag, exc)
             return
-        self._known.update(changed)
+        self._update(changed)
         if not command.silent:
             uid_item = b"UID %d " if command.uid else b""
             lines = []
@@ -864,43 +882,57 @@ class IMAPSession:
     def _mark_seen(self, seqs) -> set:
         """BODY[...] without PEEK sets \\Seen (RFC 3501 6.4.5); the UIDs it
         was set on now."""
-        entries = [self._known[self._uids[seq - 1]] for seq in seqs
-                   if self._uids[seq - 1] not in self._ghosts
-                   and "\\Seen" not in self._known[self._uids[seq - 1]].flags]
+        entries = [self._entries[seq - 1] for seq in seqs
+                   if self._uids[seq - 1] not in self._ghosts and "\\Seen" not in self._entries[seq - 1].flags]
         if not entries:
             return set()
         try:
             changed = self._mailbox.set_flags(entries, frozenset({"\\Seen"}), "add")
         except StoreError:
             return set()
-        self._known.update(changed)
+        self._update(changed)
         return set(changed)
 
     def _fetch_chunks(self, seqs, items, seen_now: set) -> Iterator:
         mailbox = self._mailbox
         uids = self._uids
-        known = self._known
+        known = self._entries
         ghosts = self._ghosts
         simple = all(type(item) is str and item in ("UID", "FLAGS", "RFC822.SIZE") for item in items)
         if simple:
             # The flag resync every client does (UID FETCH 1:* (FLAGS)):
-            # no message is opened.
+            # no message is opened, one format per message, and the lines
+            # go out a few hundred at a time.
+            template = b"* %d FETCH (" + b" ".join(_SIMPLE[item] for item in items) + b")\r\n"
+            fields = tuple(items)
+            flag_text = _FLAG_TEXT
+            lines = []
             for seq in seqs:
-                uid = uids[seq - 1]
-                entry = known[uid]
-                parts = []
-                for item in items:
-                    if item == "UID":
-                        parts.append(b"UID %d" % uid)
-                    elif item == "FLAGS":
-                        parts.append(b"FLAGS " + _flags(entry.flags))
+                entry = known[seq - 1]
+                values = [seq]
+                for item in fields:
+                    if item == "FLAGS":
+                        flags = entry.flags
+                        text = flag_text.get(flags)
+                        if text is None:
+                            if len(flag_text) > 4096:
+                                flag_text.clear()
+                            text = flag_text[flags] = _flags(flags)
+                        values.append(text)
+                    elif item == "UID":
+                        values.append(entry.uid)
                     else:
-                        parts.append(b"RFC822.SIZE %d" % entry.size)
-                yield b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
+                        values.append(entry.size)
+                lines.append(template % tuple(values))
+                if len(lines) >= 512:
+                    yield b"".join(lines)
+                    lines = []
+            if lines:
+                yield b"".join(lines)
             return
         for seq in seqs:
-            uid = uids[seq - 1]
-            entry = known[uid]
+            entry = known[seq - 1]
+            uid = entry.uid
             try:
                 yield from self._fetch_one(mailbox, seq, entry, items, uid in seen_now)
             except StoreError:
@@ -955,13 +987,14 @@ class IMAPSession:
             # BODY[section]<partial>
             section = item
             if section.kind in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+                exclude = section.kind == "HEADER.FIELDS.NOT"
                 if section.part:
                     structure = structure or mailbox.structure(entry)
                     found = mime.section_range(structure, section.part, "HEADER")
                     header = mailbox.read(entry, *found) if found else b""
+                    data = mime.header_fields(header, section.fields, exclude)
                 else:
-                    header = mailbox.header(entry)
-                data = mime.header_fields(header, section.fields, section.kind == "HEADER.FIELDS.NOT")
+                    data = mailbox.header_fields(entry, section.fields, exclude)
                 self._literal_item(section.echo, data, section.partial, text)
                 continue
             if not section.part and section.kind == "":
@@ -1022,7 +1055,21 @@ class IMAPSession:
         return list(sequence_set.resolve(count))
 
     def _live_entries(self) -> list:
-        return [self._known[uid] for uid in self._uids if uid not in self._ghosts]
+        ghosts = self._ghosts
+        return [entry for entry in self._entries if entry.uid not in ghosts]
+
+    def _index(self, uid: int) -> int | None:
+        """The sequence number - 1 of a UID in this session's numbering."""
+        uids = self._uids
+        at = bisect.bisect_left(uids, uid)
+        return at if at < len(uids) and uids[at] == uid else None
+
+    def _update(self, changed: dict) -> None:
+        """Entries the store changed for this session (uid -> entry)."""
+        for uid, entry in changed.items():
+            at = self._index(uid)
+            if at is not None:
+                self._entries[at] = entry
 
     @staticmethod
     def _deleted(entries: list) -> list:
@@ -1040,10 +1087,10 @@ class IMAPSession:
             if uid in removed:
                 lines.append(b"* %d EXPUNGE\r\n" % (index + 1))
         self._send(b"".join(lines))
-        self._uids = [uid for uid in uids if uid not in removed]
-        for uid in removed:
-            self._known.pop(uid, None)
-            self._ghosts.discard(uid)
+        keep = [index for index, uid in enumerate(uids) if uid not in removed]
+        self._uids = [uids[index] for index in keep]
+        self._entries = [self._entries[index] for index in keep]
+        self._ghosts -= removed
 
     def _report_changes(self, expunges: bool) -> None:
         """Bring the session's view up to date with the mailbox on disk and
@@ -1060,37 +1107,32 @@ class IMAPSession:
                 self._send(b"* BYE [UNAVAILABLE] The mailbox's UIDs were reset; reconnect to resync\r\n")
                 self._close()
             return
-        if current is None:
-            if expunges and self._ghosts:
-                self._tell_expunged(list(self._ghosts))
-            return
-        known = self._known
-        present = {}
-        lines = []
-        for entry in current:
-            present[entry.uid] = entry
-        vanished = [uid for uid in self._uids if uid not in present]
-        if vanished:
-            self._ghosts.update(vanished)
-        for seq, uid in enumerate(self._uids, 1):
-            entry = present.get(uid)
-            if entry is None:
-                continue
-            if entry.flags != known[uid].flags:
-                lines.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, _flags(entry.flags)))
-            known[uid] = entry
-        self._send(b"".join(lines))
+        if current is not None:
+            lines = []
+            entries = self._entries
+            for entry in current.changed:
+                at = self._index(entry.uid)
+                if at is None:
+                    continue
+                if entry.flags != entries[at].flags:
+                    lines.append(b"* %d FETCH (FLAGS %s)\r\n" % (at + 1, _flags(entry.flags)))
+                entries[at] = entry
+            self._send(b"".join(lines))
+            self._ghosts.update(uid for uid in current.expunged if self._index(uid) is not None)
         if expunges and self._ghosts:
             self._tell_expunged(list(self._ghosts))
-        last = self._uids[-1] if self._uids else 0
-        new = [entry for entry in current if entry.uid > last]
-        if new:
-            for entry in new:
-                self._uids.append(entry.uid)
-                known[entry.uid] = entry
-            recent = sum(1 for uid in self._uids if known[uid].recent)
-            self._send(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(self._uids), recent))
+        if current is not None and current.added:
+            last = self._uids[-1] if self._uids else 0
+            new = sorted((entry for entry in current.added if entry.uid > last), key=_uid_of)
+            if new:
+                self._uids += [entry.uid for entry in new]
+                self._entries += new
+                recent = len(mailbox.recent)
+                self._send(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(self._uids), recent))
 
+
+def _uid_of(entry) -> int:
+    return entry.uid
 
 
 def _chain(first: list, rest: Iterator) -> Iterator:

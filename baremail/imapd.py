@@ -19,13 +19,14 @@ showing that folder, and each asks the library what changed.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import os
 import time
 from collections import OrderedDict
 
 from . import committer, imap, mime
-from .imap import FolderInfo, MailboxStatus, StoreError
+from .imap import Changes, FolderInfo, MailboxStatus, StoreError
 from .imapsearch import TextNeedle
 from .journal import fields, mail_event
 from .maildir import Maildir, MaildirError, Message
@@ -37,8 +38,10 @@ SUBSCRIPTIONS = "baremail-subscriptions"
 _POLL = 0.05              # seconds between looks at the watched folders
 _SETTLE_NS = 2_100_000_000  # a directory mtime younger than this may still hide a change
 _STRUCTURES = 2048        # MIME structures kept per folder (by key)
+_HEADER_FIELDS = 20000    # HEADER.FIELDS answers kept per folder (a few hundred octets each)
 _SMALL = 256 * 1024       # messages read whole, not streamed
 _CHUNK = 256 * 1024
+_BATCH = 64 * 1024        # FETCH responses gathered into one write
 
 
 def _store_error(exc: MaildirError, default: str = "SERVERBUG") -> StoreError:
@@ -66,10 +69,84 @@ class Folder:
         self.maildir = maildir
         self.name = maildir.folder_name
         self.structures: OrderedDict = OrderedDict()
+        self.header_cache: OrderedDict = OrderedDict()   # (key, fields, exclude) -> HEADER.FIELDS
         self.flag_sets: dict = {}           # letters -> frozenset of IMAP names
         self.sessions: set = set()          # IMAPConnections showing it
         self.stamps = None                  # (new mtime, cur mtime) when last looked at
         self.settling_until = 0             # ns: look once more then
+        # The folder as the process last listed it, shared by every session:
+        # a SELECT copies two lists instead of building an entry per message.
+        self.listing = None
+        self.uids: list = []
+        self.entries: list = []
+        self.in_new: set = set()            # UIDs still in new/ (no client saw them)
+        self._first_unseen: int | None = None
+        self._unseen_known = False
+
+    def current(self):
+        """The folder's listing now (the library's uid_listing()), with
+        `uids` and `entries` brought up to date: from the listing before by
+        its changes, so a change costs what it touches."""
+        try:
+            listing = self.maildir.uid_listing()
+        except MaildirError as exc:
+            raise _store_error(exc) from None
+        before = self.listing
+        if listing is before:
+            return listing
+        self.listing = listing
+        self._unseen_known = False
+        changes = None if before is None else listing.changes_since(before)
+        if changes is None or changes.new_validity:
+            self.uids = [message.uid for message in listing]
+            self.entries = [self.entry(message) for message in listing]
+            self.in_new = {message.uid for message in listing if _in_new(message)}
+            return listing
+        if changes.expunged:
+            gone = set(changes.expunged)
+            keep = [index for index, uid in enumerate(self.uids) if uid not in gone]
+            self.uids = [self.uids[index] for index in keep]
+            self.entries = [self.entries[index] for index in keep]
+            self.in_new -= gone
+        for message in changes.flags_changed:
+            self.note(message)
+        for message in changes.added:
+            uid = message.uid
+            at = bisect.bisect_left(self.uids, uid)
+            if at < len(self.uids) and self.uids[at] == uid:
+                self.entries[at] = self.entry(message)
+            else:
+                self.uids.insert(at, uid)
+                self.entries.insert(at, self.entry(message))
+            if _in_new(message):
+                self.in_new.add(uid)
+        return listing
+
+    def entry(self, message: Message) -> "_Entry":
+        return _Entry(message.uid, self.flags_of(message.flags), message.size, message)
+
+    def find(self, uid: int) -> "_Entry | None":
+        at = bisect.bisect_left(self.uids, uid)
+        return self.entries[at] if at < len(self.uids) and self.uids[at] == uid else None
+
+    def note(self, message: Message) -> "_Entry":
+        """A message as changed (by this process or found changed): its entry."""
+        entry = self.entry(message)
+        at = bisect.bisect_left(self.uids, message.uid)
+        if at < len(self.uids) and self.uids[at] == message.uid:
+            self.entries[at] = entry
+            self._unseen_known = False
+        if not _in_new(message):
+            self.in_new.discard(message.uid)
+        return entry
+
+    @property
+    def first_unseen(self) -> int | None:
+        if not self._unseen_known:
+            self._first_unseen = next((index for index, entry in enumerate(self.entries)
+                                       if "\\Seen" not in entry.flags), None)
+            self._unseen_known = True
+        return self._first_unseen
 
     def flags_of(self, letters: str) -> frozenset:
         names = self.flag_sets.get(letters)
@@ -165,12 +242,13 @@ FOLDERS = Folders()
 
 
 class _Entry:
-    """A message as the engine sees it (imap.Entry)."""
+    """A message as the engine sees it (imap.Entry); shared by the sessions
+    of the process, never changed (a change makes a new one)."""
 
-    __slots__ = ("uid", "flags", "size", "recent", "message")
+    __slots__ = ("uid", "flags", "size", "message")
 
-    def __init__(self, uid: int, flags: frozenset, size: int, recent: bool, message: Message):
-        self.uid, self.flags, self.size, self.recent, self.message = uid, flags, size, recent, message
+    def __init__(self, uid: int, flags: frozenset, size: int, message: Message):
+        self.uid, self.flags, self.size, self.message = uid, flags, size, message
 
 
 class _Range:
@@ -202,7 +280,8 @@ class _SearchView:
     __slots__ = ("seq", "uid", "flags", "recent", "size", "_mailbox", "_entry", "_header")
 
     def __init__(self, mailbox: "Mailbox", entry: _Entry, seq: int):
-        self.seq, self.uid, self.flags, self.recent, self.size = seq, entry.uid, entry.flags, entry.recent, entry.size
+        self.seq, self.uid, self.flags, self.size = seq, entry.uid, entry.flags, entry.size
+        self.recent = entry.uid in mailbox.recent
         self._mailbox, self._entry, self._header = mailbox, entry, None
 
     @property
@@ -240,65 +319,59 @@ class Mailbox:
         self.maildir = folder.maildir
         self.name = folder.name
         self.readonly = readonly
-        try:
-            listing = self.maildir.uid_listing()
-        except MaildirError as exc:
-            raise _store_error(exc) from None
+        listing = folder.current()
         self.uidvalidity = listing.validity
         self._listing = listing
-        self._entries: dict = {}
-        self._recent: set = set()
-        self._claim([message for message in listing])
-        for message in listing:
-            self._entries[message.uid] = self._entry(message)
+        self.recent: set = set()
+        self._claim(sorted(folder.in_new))
 
     @property
     def uidnext(self) -> int:
         return self._listing.next_uid
 
-    def _claim(self, messages: list) -> None:
+    @property
+    def first_unseen(self) -> int | None:
+        return self.folder.first_unseen
+
+    def view(self) -> tuple:
+        return self.folder.uids, self.folder.entries
+
+    def _claim(self, uids) -> None:
         """\\Recent is for the first session to see a message (RFC 3501
         2.3.2): the one whose rename takes it from new/ to cur/."""
-        for message in messages:
-            if not _in_new(message):
+        folder = self.folder
+        for uid in uids:
+            if uid not in folder.in_new:
                 continue
             if self.readonly:
-                self._recent.add(message.uid)   # EXAMINE moves nothing
+                self.recent.add(uid)   # EXAMINE moves nothing
+                continue
+            entry = folder.find(uid)
+            if entry is None:
                 continue
             try:
-                moved = self.maildir.set_flags(message)
+                moved = self.maildir.set_flags(entry.message)
             except MaildirError:
                 continue
             if moved is not None:
-                self._recent.add(message.uid)
-
-    def _entry(self, message: Message) -> _Entry:
-        return _Entry(message.uid, self.folder.flags_of(message.flags), message.size,
-                      message.uid in self._recent, message)
-
-    def entries(self) -> list:
-        return [self._entries[uid] for uid in sorted(self._entries)]
+                folder.note(moved)
+                self.recent.add(uid)
 
     def refresh(self):
-        try:
-            listing = self.maildir.uid_listing()
-        except MaildirError as exc:
-            raise _store_error(exc) from None
+        folder = self.folder
+        listing = folder.current()
         if listing is self._listing:
             return None
         changes = listing.changes_since(self._listing)
         self._listing = listing
         if changes.new_validity:
             raise StoreError("UIDVALIDITY", "The mailbox's UIDs were reset")
-        for uid in changes.expunged:
-            self._entries.pop(uid, None)
-        self._claim(changes.added)
-        for message in changes.added:
-            self._entries[message.uid] = self._entry(message)
-        for message in changes.flags_changed:
-            if message.uid in self._entries:
-                self._entries[message.uid] = self._entry(message)
-        return self.entries()
+        self.recent.difference_update(changes.expunged)
+        self._claim([message.uid for message in changes.added])
+        find = folder.find
+        added = tuple(entry for entry in map(find, (m.uid for m in changes.added)) if entry is not None)
+        changed = tuple(entry for entry in map(find, (m.uid for m in changes.flags_changed)) if entry is not None)
+        return Changes(tuple(changes.expunged), added, changed)
 
     def keywords(self):
         try:
@@ -316,9 +389,7 @@ class Mailbox:
                 raise _store_error(exc) from None
             if message is None:
                 continue   # gone meanwhile: the next refresh tells
-            new = self._entry(message)
-            self._entries[message.uid] = new
-            changed[message.uid] = new
+            changed[message.uid] = self.folder.note(message)
         return changed
 
     def expunge(self, entries: list) -> list:
@@ -329,7 +400,6 @@ class Mailbox:
             except MaildirError as exc:
                 log.error("cannot expunge %s from %s: %s", entry.message.key, self.name, exc)
                 continue
-            self._entries.pop(entry.uid, None)
             if gone:
                 removed.append(entry.uid)
                 self._session.deleted += 1
@@ -357,8 +427,6 @@ class Mailbox:
                 continue
             sources.append(entry.uid)
             targets.append(copied.uid)
-            if move:
-                self._entries.pop(entry.uid, None)
             log.debug("%s %s from %s to %s as %s", "moved" if move else "copied", entry.message.key,
                       self.name, target, key)
         return listing.validity, sources, targets
@@ -399,6 +467,19 @@ class Mailbox:
             reader.close()
         part = self.structure(entry)
         return self.read(entry, part.header_start, part.header_end)
+
+    def header_fields(self, entry: _Entry, names: tuple, exclude: bool) -> bytes:
+        # What sync clients ask of every message on every sync (Thunderbird's
+        # header fetch): kept per folder, so a second time reads no file.
+        cache = self.folder.header_cache
+        key = (entry.message.key, names, exclude)
+        data = cache.get(key)
+        if data is None:
+            data = mime.header_fields(self.header(entry), names, exclude)
+            cache[key] = data
+            if len(cache) > _HEADER_FIELDS:
+                cache.popitem(last=False)
+        return data
 
     def read(self, entry: _Entry, start: int, end: int) -> bytes:
         message = entry.message
@@ -635,15 +716,30 @@ class IMAPConnection(Session):
         self._task = asyncio.get_running_loop().create_task(self._write_out(event.chunks))
 
     async def _write_out(self, chunks) -> None:
-        written = 0
+        # Responses are small (a FETCH line per message): they go out
+        # gathered, a write per _BATCH octets, not a system call each.
+        pending: list = []
+        size = 0
         try:
             for chunk in chunks:
                 if self.closed:
                     break
                 if type(chunk) is bytes:
-                    self.write(chunk)
-                    written += len(chunk)
+                    pending.append(chunk)
+                    size += len(chunk)
+                    if size < _BATCH:
+                        continue
+                    self.write(b"".join(pending))
+                    pending, size = [], 0
+                    if self.backlogged:
+                        await self.drain()
+                    else:
+                        await asyncio.sleep(0)   # other sessions' turn
+                    continue
                 else:
+                    if pending:
+                        self.write(b"".join(pending))
+                        pending, size = [], 0
                     try:
                         while data := chunk.read(_CHUNK):
                             self.write(data)
@@ -652,11 +748,8 @@ class IMAPConnection(Session):
                                 break
                     finally:
                         chunk.close()
-                if self.backlogged:
-                    await self.drain()
-                elif written >= _CHUNK:
-                    written = 0
-                    await asyncio.sleep(0)   # other sessions' turn
+            if pending and not self.closed:
+                self.write(b"".join(pending))
         except StoreError as exc:   # a bug: the engine handles what it knows
             log.error("FETCH for %s failed: %s", self.peer, exc)
             self.close()

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, replace
 
 from baremail import mime
-from baremail.imap import FolderInfo, MailboxStatus, StoreError, special_use
+from baremail.imap import Changes, FolderInfo, MailboxStatus, StoreError, special_use
 
 
 @dataclass(frozen=True)
@@ -69,20 +69,34 @@ class View:
         self.readonly = readonly
         self.uidvalidity = folder.validity
         self._version = folder.version
+        self._seen = dict(folder.entries)   # what the last look saw
+        self.recent = {uid for uid, entry in folder.entries.items() if entry.recent}
         self.closed = False
 
     @property
     def uidnext(self) -> int:
         return self.folder.next_uid
 
-    def entries(self) -> list:
-        return sorted(self.folder.entries.values(), key=lambda e: e.uid)
+    def view(self):
+        entries = sorted(self.folder.entries.values(), key=lambda e: e.uid)
+        return [entry.uid for entry in entries], entries
+
+    @property
+    def first_unseen(self):
+        return next((index for index, entry in enumerate(self.view()[1]) if "\\Seen" not in entry.flags), None)
 
     def refresh(self):
         if self.folder.version == self._version:
             return None
         self._version = self.folder.version
-        return self.entries()
+        now, before = self.folder.entries, self._seen
+        self._seen = dict(now)
+        added = tuple(entry for uid, entry in now.items() if uid not in before)
+        self.recent |= {entry.uid for entry in added if entry.recent}
+        self.recent &= set(now)
+        return Changes(expunged=tuple(uid for uid in before if uid not in now), added=added,
+                       changed=tuple(entry for uid, entry in now.items()
+                                     if uid in before and before[uid] != entry))
 
     def keywords(self):
         return self.folder.keywords
@@ -145,6 +159,9 @@ class View:
         part = self.structure(entry)
         return self._data(entry)[:part.header_end]
 
+    def header_fields(self, entry, names, exclude) -> bytes:
+        return mime.header_fields(self.header(entry), names, exclude)
+
     def read(self, entry, start, end) -> bytes:
         return self._data(entry)[start:end]
 
@@ -157,7 +174,7 @@ class View:
         class Message:
             uid = entry.uid
             flags = entry.flags
-            recent = entry.recent
+            recent = entry.uid in view.recent
             size = entry.size
             internal_date = entry.date
 
