@@ -29,7 +29,9 @@ def test_full_disk_gets_452_keeps_earlier_mail_and_recovers(start_service, outbo
     disk = tmp_path / "disk"
     with tmpfs(disk, "2m"):
         maildir = disk / "Maildir"
-        smtp = start_service("smtp", maildir)
+        # No disk reserve here: this is the disk that really fills, the path
+        # the reserve normally keeps mail from reaching (test_disk_reserve.py).
+        smtp = start_service("smtp", maildir, disk_reserve="0")
         pop3 = start_service("pop3", maildir)
         try:
             earlier = [deliver(smtp.port, outbox, size=20_000) for _ in range(3)]
