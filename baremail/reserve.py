@@ -68,6 +68,8 @@ class DiskReserve:
     @property
     def low(self) -> bool:
         """True while new mail must be refused (looked at at most once a second)."""
+        if not self.amount.value:
+            return False   # disk_reserve = 0: off
         now = self._clock()
         if now - self._checked >= _RECHECK:
             self._checked = now
@@ -77,6 +79,8 @@ class DiskReserve:
     def fits(self, size: int) -> bool:
         """Whether a message of `size` octets leaves the reserve intact
         (looked at now)."""
+        if not self.amount.value:
+            return True    # disk_reserve = 0: off
         self._checked = self._clock()
         self._look()
         return not self._low and self.free - size >= self.reserve
