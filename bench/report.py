@@ -1,6 +1,12 @@
-"""Turns bench/results.json into the table in bench/README.md.
+"""Turns bench/results.json (and results-trixie.json) into the tables in bench/README.md.
 
-    /usr/bin/python3 bench/report.py     # re-render README.md from results.json
+    /usr/bin/python3 bench/report.py            # re-render README.md from the results files
+    /usr/bin/python3 bench/report.py FILE.json  # print the table of one results file
+
+Each release has its results file and its block in README.md: Debian 12
+(bookworm) results.json and the block between BEGIN and END; Debian 13
+(trixie) results-trixie.json and a block of its own, added after the
+first when it is first written.
 """
 
 from __future__ import annotations
@@ -12,6 +18,31 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BEGIN = "<!-- results: begin (written by bench/run.py) -->"
 END = "<!-- results: end -->"
+DEFAULT_RELEASE = "bookworm"   # results without a "release" are from it
+RELEASE_NAMES = {"bookworm": "Debian 12 (bookworm)", "trixie": "Debian 13 (trixie)"}
+
+
+def release_of(results: dict) -> str:
+    return results.get("release", DEFAULT_RELEASE)
+
+
+def results_path(release: str) -> Path:
+    return HERE / ("results.json" if release == DEFAULT_RELEASE else f"results-{release}.json")
+
+
+def markers(release: str) -> tuple:
+    if release == DEFAULT_RELEASE:
+        return BEGIN, END
+    return (f"<!-- results {release}: begin (written by bench/run.py) -->",
+            f"<!-- results {release}: end -->")
+
+
+def release_line(results: dict) -> str:
+    release = release_of(results)
+    inside = results.get("versions", {}).get("container") or ""
+    # The container's own os-release, should it ever not be the release asked for.
+    odd = f" (its os-release: {inside})" if inside and release not in inside else ""
+    return f"Figures from a {RELEASE_NAMES.get(release, release)} container{odd}."
 
 
 def _spread(summary: dict, scale: float = 1.0, digits: int = 0) -> str:
@@ -52,6 +83,13 @@ def render(results: dict) -> str:
                       _spread(row["baremail"]),
                       f"Postfix {_spread(row['postfix'])}; aiosmtpd {_spread(row['aiosmtpd'])}",
                       f"{ratio:.2f} (vs {better})", f"≥ {goal} × better peer", ratio >= goal)
+            if sessions == "1" and "durable_creates" in smtp:
+                floor = smtp["durable_creates"]
+                table.add("… physical floor: durable creates per second on the same disk, one thread "
+                          "(create in tmp/, write 2 KB, fsync, rename into new/, fsync of new/)", "",
+                          f"floor {_spread(floor)}",
+                          _ratio(row["baremail"]["median"], floor["median"]) + " (BareMail 1 session / floor)",
+                          "(for comparison)", None)
     pop3 = results.get("pop3")
     if pop3:
         count = results["plan"]["pop3_small"]
@@ -79,6 +117,9 @@ def render(results: dict) -> str:
                   f"{ratio:.2f}", "≤ Dovecot warm", ratio <= 1.0)
         table.add("… BareMail with its service not running (socket activation included), ms",
                   _spread(cold["baremail"], 1000, 1), "", "", "(for comparison)", None)
+    imap = results.get("imap")
+    if imap:
+        imap_rows(table, imap, results["plan"])
     start = results.get("start")
     if start:
         floor = start["import_floor"]["median"]
@@ -127,6 +168,95 @@ def render(results: dict) -> str:
     return table.text()
 
 
+def imap_rows(table: Table, imap: dict, plan: dict) -> None:
+    count = plan["imap_small"]
+    warm, cold, first = imap["select_warm"], imap["select_cold"], imap["select_first"]
+    ratio = warm["baremail"]["median"] / warm["dovecot"]["median"]
+    table.add(f"IMAP SELECT INBOX of {count:,} messages, ms (service running / Dovecot's index built)",
+              _spread(warm["baremail"], 1000, 2),
+              f"Dovecot warm {_spread(warm['dovecot'], 1000, 2)}; cold (index removed) "
+              f"{_spread(cold['dovecot'], 1000, 1)}", f"{ratio:.2f}", "≤ Dovecot warm", ratio <= 1.0)
+    if "select_again" in imap:
+        again = imap["select_again"]
+        table.add("… SELECT again in the same session (Dovecot: its imap process already running), ms",
+                  _spread(again["baremail"], 1000, 2), f"Dovecot {_spread(again['dovecot'], 1000, 2)}",
+                  _ratio(again["baremail"]["median"], again["dovecot"]["median"]), "(for comparison)", None)
+    table.add("… BareMail's first SELECT after a restart of its service (UID list read from disk), ms",
+              _spread(cold["baremail"], 1000, 1), f"Dovecot cold {_spread(cold['dovecot'], 1000, 1)}",
+              _ratio(cold["baremail"]["median"], cold["dovecot"]["median"]), "(for comparison)", None)
+    table.add(f"… the very first SELECT after delivery ({count:,} in new/: moved to cur/, UIDs given), ms",
+              _spread(first["baremail"], 1000, 0), f"Dovecot {_spread(first['dovecot'], 1000, 0)}",
+              _ratio(first["baremail"]["median"], first["dovecot"]["median"]), "(for comparison)", None)
+    second, once = imap["headers_second"], imap["headers_first"]
+    ratio = second["baremail"]["median"] / second["dovecot"]["median"]
+    table.add(f"IMAP UID FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS (From To "
+              f"Subject Date Message-ID)]) over {count:,} × 2 KB, msg/s, second time",
+              _spread(second["baremail"]), f"Dovecot {_spread(second['dovecot'])}", f"{ratio:.2f}",
+              "≥ 1.0 × Dovecot second time", ratio >= 1.0)
+    table.add("… the same, first time (BareMail's service restarted / Dovecot's index removed), msg/s",
+              _spread(once["baremail"]), f"Dovecot {_spread(once['dovecot'])}",
+              _ratio(once["baremail"]["median"], once["dovecot"]["median"]), "(reported)", None)
+    flags = imap["flags"]
+    ratio = flags["baremail"]["median"] / flags["dovecot"]["median"]
+    table.add(f"IMAP flag resync, UID FETCH 1:* (FLAGS) over {count:,}, msg/s", _spread(flags["baremail"]),
+              f"Dovecot {_spread(flags['dovecot'])}", f"{ratio:.2f}", "≥ 1.0 × Dovecot", ratio >= 1.0)
+    bodies = imap["bodies"]
+    ratio = bodies["baremail"]["median"] / bodies["dovecot"]["median"]
+    table.add(f"IMAP BODY[] of {plan['imap_large']} × 1 MB (UID FETCH 1:* (BODY.PEEK[])), MB/s",
+              _spread(bodies["baremail"]), f"Dovecot {_spread(bodies['dovecot'])}", f"{ratio:.2f}",
+              "≥ 1.0 × Dovecot", ratio >= 1.0)
+    wake = imap["wakeup"]
+    ours = wake["baremail_smtp"]
+    table.add(f"IMAP IDLE wake-up on the {count:,}-message INBOX: SMTP 250 → `* n EXISTS`, ms",
+              _spread(ours, 1000, 1),
+              f"Dovecot: Postfix's 250 → EXISTS {_spread(wake['dovecot_postfix'], 1000, 0)} "
+              f"(its local delivery follows the 250)", "", "≤ 100 ms", ours["median"] <= 0.100)
+    ours, theirs = wake["baremail_rename"], wake["dovecot_rename"]
+    table.add("… file renamed into new/ → `* n EXISTS`, ms (both servers timed the same way)",
+              _spread(ours, 1000, 1), f"Dovecot {_spread(theirs, 1000, 1)}",
+              _ratio(ours["median"], theirs["median"]), "≤ Dovecot", ours["median"] <= theirs["median"])
+    for name, target in (("idle_sessions", True), ("idle_sessions_full", False)):
+        idle = imap.get(name)
+        if not idle:
+            continue
+        held = plan["imap_idle_sessions" if target else "imap_idle_full"]
+        ours, theirs = idle["baremail"], idle["dovecot"]
+        measure = (f"RSS per idle IMAP session (logged in, a {ours['exists']:,}-message INBOX selected, "
+                   f"in IDLE), {held:,} held, KB")
+        table.add(measure if target else "… the same with the " + f"{ours['exists']:,}-message INBOX "
+                  f"selected, {held:,} held, KB",
+                  _spread(ours["per_session_kb"], 1, 1),
+                  f"Dovecot {_spread(theirs['per_session_kb'], 1, 0)} RSS, "
+                  f"{_spread(theirs['per_session_pss_kb'], 1, 0)} PSS "
+                  f"({theirs['processes_per_session']:.1f} processes per session)",
+                  _ratio(ours["per_session_kb"]["median"], theirs["per_session_pss_kb"]["median"])
+                  + " (vs Dovecot's PSS)", "≤ 8 KB" if target else "(for comparison)",
+                  ours["per_session_kb"]["median"] <= 8 if target else None)
+    big = imap.get("big")
+    if big:
+        size = plan["imap_big"] / 1e6
+        worst = max(big["bodystructure"]["median"], big["body"]["median"])
+        table.add(f"RSS growth, IMAP BODYSTRUCTURE / then BODY[] of a {size:.0f} MB message "
+                  f"(multipart, base64 attachment), MB",
+                  f"{_spread(big['bodystructure'], 1 / 1024, 1)} / {_spread(big['body'], 1 / 1024, 1)}",
+                  "", "", "≤ 2 MB", worst <= 2048)
+
+
+def client_text(results: dict) -> str:
+    imap = results.get("imap")
+    if not imap:
+        return ""
+    shares = []
+    for name, what in (("headers_second", "header fetch"), ("flags", "FLAGS"), ("bodies", "BODY[]")):
+        rows = imap[name]
+        shares.append(f"{what} {rows['baremail']['client_cpu_share']:.0%} against BareMail "
+                      f"({rows['baremail'].get('receives', 0):,.0f} receives), "
+                      f"{rows['dovecot']['client_cpu_share']:.0%} against Dovecot "
+                      f"({rows['dovecot'].get('receives', 0):,.0f})")
+    return ("The IMAP load client's own CPU time as a share of the wall time (the highest of any run), "
+            "and the recv calls one answer took (median): " + "; ".join(shares) + ".\n\n")
+
+
 def machine_text(results: dict) -> str:
     m = results.get("machine", {})
     v = results.get("versions", {})
@@ -139,7 +269,8 @@ def machine_text(results: dict) -> str:
         f"- Disk: {m.get('filesystem')}{'; ' + m['disk'] if m.get('disk') else ''}; the container's "
         f"files (and so every Maildir and queue) live there. After emptying a Maildir the benchmark "
         f"syncs, so that the trims of \"discard\" happen outside the timed runs.",
-        f"- Software in the container: BareMail {v.get('baremail')}, Postfix {v.get('postfix')}, "
+        f"- Software in the container ({v.get('container') or RELEASE_NAMES.get(release_of(results))}): "
+        f"BareMail {v.get('baremail')}, Postfix {v.get('postfix')}, "
         f"Dovecot {v.get('dovecot')}, aiosmtpd {v.get('aiosmtpd')}, Python {v.get('python3')}.",
     ]
     if load:
@@ -151,25 +282,44 @@ def machine_text(results: dict) -> str:
 
 def section(results: dict, table: str) -> str:
     plan = results.get("plan", {})
-    return (f"{BEGIN}\n\n{table}\n\nMedians of {plan.get('repetitions', '?')} runs "
+    begin, end = markers(release_of(results))
+    imap = (f", {plan.get('imap_repetitions', '?')} for IMAP fetches, {plan.get('wakeups', '?')} "
+            f"for IDLE wake-ups") if "imap" in results else ""
+    return (f"{begin}\n\n{release_line(results)}\n\n{table}\n\nMedians of {plan.get('repetitions', '?')} runs "
             f"({plan.get('smtp_repetitions', '?')} for SMTP, {plan.get('pop3_repetitions', '?')} for "
-            f"POP3 retrieval, {plan.get('starts', '?')} for cold starts), min–max in brackets; "
-            f"ratios are of medians.\n\n{machine_text(results)}\n\n{END}")
+            f"POP3 retrieval, {plan.get('starts', '?')} for cold starts{imap}), min–max in brackets; "
+            f"ratios are of medians.\n\n{client_text(results)}{machine_text(results)}\n\n{end}")
 
 
 def update_readme(path: Path, table: str, results: dict | None = None) -> None:
     if results is None:
-        results = json.loads((HERE / "results.json").read_text())
+        results = json.loads(results_path(DEFAULT_RELEASE).read_text())
+    begin, end = markers(release_of(results))
     text = path.read_text()
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    path.write_text(text[:start] + section(results, table) + text[end:])
+    if begin not in text:
+        # A release's first results: a block of its own after the first release's.
+        after = text.index(END) + len(END)
+        text = text[:after] + f"\n\n{begin}\n{end}" + text[after:]
+    start, stop = text.index(begin), text.index(end) + len(end)
+    path.write_text(text[:start] + section(results, table) + text[stop:])
 
 
 def main() -> int:
-    results = json.loads((HERE / "results.json").read_text())
-    table = render(results)
-    update_readme(HERE / "README.md", table, results)
-    print(table)
+    if sys.argv[1:]:
+        # One results file (e.g. a smoke run's, /var/tmp/baremail-bench.last.json): printed only.
+        results = json.loads(Path(sys.argv[1]).read_text())
+        print(release_line(results))
+        print(render(results))
+        return 0
+    for release in RELEASE_NAMES:
+        path = results_path(release)
+        if not path.exists():
+            continue
+        results = json.loads(path.read_text())
+        table = render(results)
+        update_readme(HERE / "README.md", table, results)
+        print(release_line(results))
+        print(table)
     return 0
 
 

@@ -1,17 +1,22 @@
 """make bench: BareMail beside Postfix, Dovecot and aiosmtpd, in one container.
 
-Builds BareMail's .deb from the working tree, boots the cached bookworm
-image of the install test (with postfix, dovecot-pop3d and python3-aiosmtpd
-added: a cache of its own), installs and configures everything
-(bench/inside.py setup), runs every measurement inside the container
-(bench/inside.py measure), and writes the results into bench/README.md
-(between its "results" markers) and bench/results.json (full runs only).
+Builds BareMail's .deb from the working tree, boots the cached image of
+the install test for the release asked (Debian 12 "bookworm" by default,
+or 13 "trixie"; with postfix, dovecot-pop3d, dovecot-imapd and
+python3-aiosmtpd added: a cache of its own), installs and configures
+everything (bench/inside.py setup), runs every measurement inside the
+container (bench/inside.py measure), and writes the results into
+bench/README.md (between that release's "results" markers) and
+bench/results.json (bookworm) or bench/results-trixie.json (full runs only).
 
-    /usr/bin/python3 bench/run.py [--quick] [--only smtp,pop3,...] [--no-readme]
+    /usr/bin/python3 bench/run.py [--release trixie] [--quick] [--only smtp,pop3,imap,...]
+                                  [--set KEY=VALUE ...] [--no-readme]
 
 --quick runs every measurement once with small counts (a smoke run, a
-minute or two); its figures mean nothing. Needs root, mmdebstrap,
-systemd-nspawn and dpkg-buildpackage (make deps installs them).
+few minutes); its figures mean nothing. --set changes one count of the
+plan (inside.py's PLANS), to try one load at another size; such a run is
+not kept either. Needs root, mmdebstrap, systemd-nspawn and
+dpkg-buildpackage (make deps installs them).
 """
 
 from __future__ import annotations
@@ -35,10 +40,15 @@ sys.path.insert(0, str(REPO / "tests" / "install"))
 import container  # noqa: E402  (the install test's harness)
 import report  # noqa: E402
 
-EXTRA_PACKAGES = ("postfix", "dovecot-pop3d", "python3-aiosmtpd")
+# The same names in Debian 12 and 13.
+EXTRA_PACKAGES = ("postfix", "dovecot-pop3d", "dovecot-imapd", "python3-aiosmtpd")
+RELEASES = {"bookworm": "Debian 12 (bookworm)", "trixie": "Debian 13 (trixie)"}
+DEFAULT_RELEASE = "bookworm"   # the release of the runs so far
 WORK_PREFIX = "baremail-bench-"
 IN_CONTAINER = "/root/bench"
-TIME_LIMIT = 30 * 60   # the whole measurement, inside the container
+SCRIPTS = ("inside.py", "pop3load.py", "imapload.py")
+TIME_LIMIT = 45 * 60   # the whole measurement, inside the container
+LAST_RUN = container.WORK_PARENT / "baremail-bench.last.json"   # not matched by WORK_PREFIX + "*"
 
 
 def say(message: str) -> None:
@@ -112,14 +122,14 @@ def run(args) -> dict:
         started = time.monotonic()
         say("building the .deb from the working tree")
         deb = container.build_deb(work, "deb")
-        image = container.cached_rootfs(say, extra_packages=EXTRA_PACKAGES)
+        image = container.cached_rootfs(say, args.release, extra_packages=EXTRA_PACKAGES)
         root = work / "root"
         subprocess.run(["cp", "-a", "--reflink=auto", str(image), str(root)], check=True)
         box = container.Container(root, work / "container.log")
         box.boot()
         say(f"container booted ({time.monotonic() - started:.0f} s so far)")
         deb_inside = box.put(deb, container.DEBS_IN_CONTAINER)
-        for script in ("inside.py", "pop3load.py"):
+        for script in SCRIPTS:
             box.put(HERE / script, IN_CONTAINER)
         box.run("python3", f"{IN_CONTAINER}/inside.py", "setup", deb_inside, timeout=600)
         # The copy of the image and the installs left hundreds of megabytes
@@ -135,6 +145,8 @@ def run(args) -> dict:
             command.append("--quick")
         if args.only:
             command += ["--only", args.only]
+        for setting in args.set:
+            command += ["--set", setting]
         load_before = os.getloadavg()
         measured = time.monotonic()
         result = subprocess.run(command, env=container._clean_env(), stdin=subprocess.DEVNULL,
@@ -148,7 +160,10 @@ def run(args) -> dict:
         results["seconds"] = {"measuring": time.monotonic() - measured,
                               "total": time.monotonic() - started}
         results["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        results["command"] = "make bench" + (" BENCH_ARGS=--quick" if args.quick else "")
+        results["release"] = args.release
+        bench_args = ([f"--release {args.release}"] if args.release != DEFAULT_RELEASE else []) \
+            + (["--quick"] if args.quick else [])
+        results["command"] = "make bench" + (f" BENCH_ARGS='{' '.join(bench_args)}'" if bench_args else "")
         return results
     finally:
         if box is not None:
@@ -158,10 +173,17 @@ def run(args) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--release", choices=sorted(RELEASES), default=DEFAULT_RELEASE,
+                        help=f"the Debian release of the container (default: {DEFAULT_RELEASE})")
     parser.add_argument("--quick", action="store_true", help="small counts, once each: a smoke run")
-    parser.add_argument("--only", help="comma-separated phases: start,idle_rss,smtp,pop3,idle_sessions,big")
+    parser.add_argument("--only", help="comma-separated phases: start,idle_rss,smtp,pop3,idle_sessions,big,imap")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change one count of the plan (e.g. imap_idle_sessions=1000); not kept")
     parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md alone")
     args = parser.parse_args()
+    for setting in args.set:
+        if "=" not in setting or not setting.split("=", 1)[1].isdigit():
+            parser.error(f"--set {setting}: expected KEY=NUMBER")
     if os.geteuid() != 0:
         print("bench: needs root (mmdebstrap, systemd-nspawn)", file=sys.stderr)
         return 77
@@ -171,13 +193,17 @@ def main() -> int:
         print(f"bench: missing host tools: {', '.join(missing)} (make deps installs them)", file=sys.stderr)
         return 69
     results = run(args)
+    # Every run's raw figures, smoke runs' too (python3 bench/report.py LAST_RUN renders them).
+    LAST_RUN.write_text(json.dumps(results, indent=1) + "\n")
+    say(f"raw figures of this run: {LAST_RUN}")
     table = report.render(results)
+    print(report.release_line(results))
     print(table)
-    if not args.quick and not args.only:
+    if not args.quick and not args.only and not args.set:
         # Only a full run's figures are kept (a smoke run's mean nothing).
-        (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        report.results_path(args.release).write_text(json.dumps(results, indent=1) + "\n")
         if not args.no_readme:
-            report.update_readme(HERE / "README.md", table)
+            report.update_readme(HERE / "README.md", table, results)
             say("bench/README.md updated")
     say(f"done in {results['seconds']['total'] / 60:.1f} min")
     return 0
