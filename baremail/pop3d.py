@@ -25,6 +25,11 @@ class POP3Connection(Session):
         super().__init__(server, listener)
         self._deleted = 0
         self._task: asyncio.Task | None = None
+        # Messages retrieved in full, marked \Seen at QUIT (or when the
+        # session ends otherwise): one rename each, out of the way of the
+        # RETR replies, and none for the messages the session deletes.
+        self._to_mark: list = []
+        self._removed: set = set()
 
     @staticmethod
     def listen(config) -> tuple:
@@ -39,6 +44,7 @@ class POP3Connection(Session):
     def lost(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        self._mark_seen()
         # The one line per session (issue 15's decision): what an admin needs
         # to know of a mail client's visit, without a journal entry per
         # message retrieved. Deletions still get a line each (_update).
@@ -116,14 +122,28 @@ class POP3Connection(Session):
             if log.isEnabledFor(logging.DEBUG):   # per message at DEBUG: the session line says it
                 log.debug("retrieved %s size=%d peer=%s", message.key, message.size, self.peer,
                           extra=fields(MAILID=message.key, SIZE=message.size, PEER=self.peer))
+            self._to_mark.append(message)
+        return self.engine.retrieved(True)
+
+    def _mark_seen(self) -> None:
+        marks, self._to_mark = self._to_mark, []
+        if not marks:
+            return
+        try:
+            maildir = self.server.maildir.get()
+        except MaildirError:
+            return
+        for message in marks:
+            if message.key in self._removed:
+                continue
             try:
-                self.server.maildir.get().mark_seen(message)
+                maildir.mark_seen(message)
             except MaildirError as exc:
                 log.error("cannot mark %s as seen: %s", message.key, exc)
-        return self.engine.retrieved(True)
 
     def _update(self, event: pop3.Update) -> None:
         maildir = self.server.maildir.get()
+        self._removed = {message.key for message in event.deleted}
         for message in event.deleted:
             try:
                 removed = maildir.remove(message)
@@ -135,5 +155,7 @@ class POP3Connection(Session):
                 self.server.count("deleted")
                 mail_event(log, f"deleted {message.key} peer={self.peer}",
                            MAILID=message.key, PEER=self.peer)
+        # Before QUIT's reply: a client that saw +OK finds its mail \Seen.
+        self._mark_seen()
 
     handlers = {pop3.Retrieve: _retrieve, pop3.Update: _update}
