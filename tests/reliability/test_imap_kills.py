@@ -84,6 +84,30 @@ class Client:
         self.sock.close()
 
 
+def session_on(start_service, tmp_path, markers) -> tuple:
+    """A Maildir holding `markers`, baremail-imap on it (no STATUS=
+    datagrams: only the calls being counted), a client logged in."""
+    maildir = tmp_path / "Maildir"
+    fill(maildir, markers)
+    service = start_service("imap", maildir, env={"NOTIFY_SOCKET": ""})
+    client = Client(service.port)
+    client.command(b"LOGIN u p")
+    return maildir, service, client
+
+
+def killed_during(service, client, kill, send) -> None:
+    """SIGKILL at `kill` while `send()` runs a command: the client must get
+    no answer, the service must die of the signal."""
+    with kill_at_syscall(service.process.pid, kill.syscall, kill.when, kill.threads):
+        try:
+            answer = send()
+        except (ConnectionError, OSError):
+            answer = None
+        assert answer is None, f"the kill point was never reached: {answer!r}"
+        assert wait_killed(service) == -signal.SIGKILL
+    client.close()
+
+
 @dataclass(frozen=True)
 class Kill:
     name: str
@@ -103,22 +127,12 @@ APPEND_KILLS = [
 
 @pytest.mark.parametrize("kill", APPEND_KILLS, ids=lambda kill: kill.name)
 def test_append_killed_at_any_step_leaves_the_message_whole_or_absent(start_service, tmp_path, kill):
-    maildir = tmp_path / "Maildir"
-    fill(maildir, ["old"])
-    service = start_service("imap", maildir, env={"NOTIFY_SOCKET": ""})
-    client = Client(service.port)
-    client.command(b"LOGIN u p")
+    maildir, service, client = session_on(start_service, tmp_path, ["old"])
     client.command(b"SELECT INBOX")   # numbered now: the kill point is the APPEND's own work
     data = body("appended")
-    with kill_at_syscall(service.process.pid, kill.syscall, kill.when, kill.threads):
-        assert client.command(b"APPEND INBOX (\\Seen) {%d}" % len(data)) == [b"+ OK\r\n"]
-        try:
-            answer = client.continue_with(data + b"\r\n")   # the literal, then the command's end
-        except (ConnectionError, OSError):
-            answer = None
-        assert answer is None, f"the kill point was never reached: {answer!r}"
-        assert wait_killed(service) == -signal.SIGKILL
-    client.close()
+    assert client.command(b"APPEND INBOX (\\Seen) {%d}" % len(data)) == [b"+ OK\r\n"]
+    # the literal, then the command's end
+    killed_during(service, client, kill, lambda: client.continue_with(data + b"\r\n"))
     copies = census(maildir)
     assert copies["old"] == [("INBOX", True)]
     assert copies.get("appended", []) in ([], [("INBOX", True)]), copies.get("appended")
@@ -145,23 +159,12 @@ MOVE_KILLS = [
 
 @pytest.mark.parametrize("kill", MOVE_KILLS, ids=lambda kill: kill.name)
 def test_move_killed_at_any_step_leaves_each_message_in_exactly_one_folder(start_service, tmp_path, kill):
-    maildir = tmp_path / "Maildir"
     markers = [f"m{n}" for n in range(4)]
-    fill(maildir, markers)
-    service = start_service("imap", maildir, env={"NOTIFY_SOCKET": ""})
-    client = Client(service.port)
-    client.command(b"LOGIN u p")
+    maildir, service, client = session_on(start_service, tmp_path, markers)
     client.command(b"CREATE Trash")
     client.command(b"SELECT INBOX")
     client.command(b"FETCH 1:* (UID)")
-    with kill_at_syscall(service.process.pid, kill.syscall, kill.when, kill.threads):
-        try:
-            answer = client.command(b"UID MOVE 1:4 Trash")
-        except (ConnectionError, OSError):
-            answer = None
-        assert answer is None, f"the kill point was never reached: {answer!r}"
-        assert wait_killed(service) == -signal.SIGKILL
-    client.close()
+    killed_during(service, client, kill, lambda: client.command(b"UID MOVE 1:4 Trash"))
     copies = census(maildir)
     assert sorted(copies) == markers
     for marker, places in copies.items():
@@ -176,22 +179,11 @@ def test_move_killed_at_any_step_leaves_each_message_in_exactly_one_folder(start
 
 @pytest.mark.parametrize("when", [1, 2, 3])
 def test_expunge_killed_at_any_unlink_removes_only_deleted_messages_whole(start_service, tmp_path, when):
-    maildir = tmp_path / "Maildir"
     markers = [f"e{n}" for n in range(5)]
-    fill(maildir, markers)
-    service = start_service("imap", maildir, env={"NOTIFY_SOCKET": ""})
-    client = Client(service.port)
-    client.command(b"LOGIN u p")
+    maildir, service, client = session_on(start_service, tmp_path, markers)
     client.command(b"SELECT INBOX")
     client.command(b"STORE 1,3,5 +FLAGS.SILENT (\\Deleted)")
-    with kill_at_syscall(service.process.pid, "unlink", when, threads=False):
-        try:
-            answer = client.command(b"EXPUNGE")
-        except (ConnectionError, OSError):
-            answer = None
-        assert answer is None, f"the kill point was never reached: {answer!r}"
-        assert wait_killed(service) == -signal.SIGKILL
-    client.close()
+    killed_during(service, client, Kill("unlink", "unlink", when, False), lambda: client.command(b"EXPUNGE"))
     copies = census(maildir)
     assert {"e1", "e3"} <= set(copies)                       # never \Deleted: kept
     assert len(set(copies) & {"e0", "e2", "e4"}) == 3 - (when - 1)
