@@ -211,6 +211,16 @@ _SIMPLE = {"UID": b"UID %d", "FLAGS": b"FLAGS %s", "RFC822.SIZE": b"RFC822.SIZE 
 _FLAG_TEXT: dict = {}
 
 
+def _flag_text(flags) -> bytes:
+    """_flags(), remembered by flag set."""
+    text = _FLAG_TEXT.get(flags)
+    if text is None:
+        if len(_FLAG_TEXT) > 4096:
+            _FLAG_TEXT.clear()
+        text = _FLAG_TEXT[flags] = _flags(flags)
+    return text
+
+
 def _flags(flags) -> bytes:
     return b"(" + " ".join(sorted(flags)).encode("utf-8", "surrogateescape") + b")"
 
@@ -914,11 +924,7 @@ class IMAPSession:
                     if item == "FLAGS":
                         flags = entry.flags
                         text = flag_text.get(flags)
-                        if text is None:
-                            if len(flag_text) > 4096:
-                                flag_text.clear()
-                            text = flag_text[flags] = _flags(flags)
-                        values.append(text)
+                        values.append(text if text is not None else _flag_text(flags))
                     elif item == "UID":
                         values.append(entry.uid)
                     else:
@@ -940,49 +946,49 @@ class IMAPSession:
                 self._fetch_missed = True
 
     def _fetch_one(self, mailbox, seq: int, entry, items, seen_now: bool) -> Iterator:
-        parts: list = []      # bytes, and open ranges of streamed sections
+        """One message's FETCH response: bytes, and open ranges of message
+        sections too big to read into memory (streamed in between)."""
+        out: list = [b"* %d FETCH (" % seq]
+        add = out.append
         structure = None
-
-        def text(data: bytes) -> None:
-            if parts and type(parts[-1]) is bytes:
-                parts[-1] += data
-            else:
-                parts.append(data)
-
-        first = True
         flags_sent = False
+        first = True
         for item in items:
-            text(b"" if first else b" ")
-            first = False
+            if first:
+                first = False
+            else:
+                add(b" ")
             if type(item) is str:
                 if item == "UID":
-                    text(b"UID %d" % entry.uid)
+                    add(b"UID %d" % entry.uid)
                 elif item == "FLAGS":
-                    text(b"FLAGS " + _flags(entry.flags))
+                    add(b"FLAGS " + _flag_text(entry.flags))
                     flags_sent = True
                 elif item == "RFC822.SIZE":
-                    text(b"RFC822.SIZE %d" % entry.size)
+                    add(b"RFC822.SIZE %d" % entry.size)
                 elif item == "INTERNALDATE":
-                    text(b"INTERNALDATE " + encode(syntax.format_date_time(mailbox.internal_date(entry))))
+                    # Always plain ASCII: quoted without the general encoder.
+                    date = syntax.format_date_time(mailbox.internal_date(entry))
+                    add(b'INTERNALDATE "' + date.encode("ascii") + b'"')
                 elif item == "ENVELOPE":
                     structure = structure or mailbox.structure(entry)
-                    text(b"ENVELOPE " + encode(mime.envelope(structure)))
+                    add(b"ENVELOPE " + encode(mime.envelope(structure)))
                 elif item == "BODYSTRUCTURE":
                     structure = structure or mailbox.structure(entry)
-                    text(b"BODYSTRUCTURE " + encode(mime.body(structure, True)))
+                    add(b"BODYSTRUCTURE " + encode(mime.body(structure, True)))
                 elif item == "BODY":
                     structure = structure or mailbox.structure(entry)
-                    text(b"BODY " + encode(mime.body(structure, False)))
+                    add(b"BODY " + encode(mime.body(structure, False)))
                 elif item == "RFC822":
-                    self._section(mailbox, entry, b"RFC822", (0, entry.size), None, parts, text)
+                    self._section(mailbox, entry, b"RFC822", (0, entry.size), None, add)
                 elif item == "RFC822.HEADER":
                     structure = structure or mailbox.structure(entry)
                     self._section(mailbox, entry, b"RFC822.HEADER",
-                                  (structure.header_start, structure.header_end), None, parts, text)
+                                  (structure.header_start, structure.header_end), None, add)
                 elif item == "RFC822.TEXT":
                     structure = structure or mailbox.structure(entry)
                     self._section(mailbox, entry, b"RFC822.TEXT",
-                                  (structure.body_start, structure.body_end), None, parts, text)
+                                  (structure.body_start, structure.body_end), None, add)
                 continue
             # BODY[section]<partial>
             section = item
@@ -995,7 +1001,7 @@ class IMAPSession:
                     data = mime.header_fields(header, section.fields, exclude)
                 else:
                     data = mailbox.header_fields(entry, section.fields, exclude)
-                self._literal_item(section.echo, data, section.partial, text)
+                self._literal_item(section.echo, data, section.partial, add)
                 continue
             if not section.part and section.kind == "":
                 span = (0, entry.size)
@@ -1003,39 +1009,42 @@ class IMAPSession:
                 structure = structure or mailbox.structure(entry)
                 span = mime.section_range(structure, section.part, section.kind)
             if span is None:
-                self._literal_item(section.echo, b"", section.partial, text)
+                self._literal_item(section.echo, b"", section.partial, add)
                 continue
-            self._section(mailbox, entry, bytes(section.echo), span, section.partial, parts, text)
+            self._section(mailbox, entry, bytes(section.echo), span, section.partial, add)
         if seen_now and not flags_sent:
-            text(b" FLAGS " + _flags(entry.flags))   # RFC 3501 6.4.5: \Seen was set
-        head = b"* %d FETCH (" % seq
-        if type(parts[0]) is bytes:
-            parts[0] = head + parts[0]
-        else:
-            parts.insert(0, head)
-        text(b")\r\n")
-        yield from parts
+            add(b" FLAGS " + _flag_text(entry.flags))   # RFC 3501 6.4.5: \Seen was set
+        add(b")\r\n")
+        # Bytes joined between the streamed ranges (usually: no range, one piece).
+        run: list = []
+        for piece in out:
+            if type(piece) is bytes:
+                run.append(piece)
+                continue
+            if run:
+                yield b"".join(run)
+                run = []
+            yield piece
+        if run:
+            yield b"".join(run)
 
     @staticmethod
-    def _literal_item(echo, data: bytes, partial, text) -> None:
+    def _literal_item(echo, data: bytes, partial, add) -> None:
         if partial is not None:
             origin, length = partial
             data = data[origin:origin + length]
-        text(bytes(echo) + b" {%d}\r\n" % len(data) + data)
+        add(bytes(echo) + b" {%d}\r\n" % len(data) + data)
 
     @staticmethod
-    def _section(mailbox, entry, echo: bytes, span, partial, parts: list, text) -> None:
+    def _section(mailbox, entry, echo: bytes, span, partial, add) -> None:
         start, end = span
         if partial is not None:
             origin, length = partial
             start = min(start + origin, end)
             end = min(start + length, end)
         size = end - start
-        text(echo + b" {%d}\r\n" % size)
-        if size <= _INLINE:
-            text(mailbox.read(entry, start, end))
-        else:
-            parts.append(mailbox.open_range(entry, start, end))
+        add(echo + b" {%d}\r\n" % size)
+        add(mailbox.read(entry, start, end) if size <= _INLINE else mailbox.open_range(entry, start, end))
 
     # --- sequence numbers and changes ---------------------------------------------
 
