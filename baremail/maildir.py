@@ -590,6 +590,10 @@ class _UidIndex:
         return None if message is None else message.path
 
 
+# [pid, random hex] of the process that drew it (a forked child draws anew).
+_process_token: list = [0, ""]
+
+
 class Maildir:
     """One Maildir folder directory (INBOX, or a Maildir++ subfolder from
     folder()). Safe to use from several processes at once, and from
@@ -673,9 +677,13 @@ class Maildir:
         _last_stamp = now
         sec, usec = divmod(now, 1_000_000)
         # pid + per-process counter make names unique between processes and
-        # within one; the random part covers pid reuse after a restart.
-        return (f"{sec}.M{usec:06d}P{os.getpid()}Q{next(self._counter)}"
-                f"R{os.urandom(4).hex()}.{self._host}")
+        # within one; the random part, drawn once per process (a system call
+        # per message saved), covers pid reuse after a restart.
+        pid = os.getpid()
+        if _process_token[0] != pid:
+            _process_token[:] = [pid, os.urandom(4).hex()]
+        return (f"{sec}.M{usec:06d}P{pid}Q{next(self._counter)}"
+                f"R{_process_token[1]}.{self._host}")
 
     def begin(self, flags: Iterable[str] | None = None, internal_date=None) -> Delivery:
         """A new message to write. Without `flags` it will go to new/ (SMTP);

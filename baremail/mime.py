@@ -1410,26 +1410,31 @@ def decode_header_value(raw: bytes) -> str:
 
 
 class _Base64:
+    """Base64 for SEARCH, lenient and the same however the input is cut:
+    everything but the alphabet (line ends, padding, junk) is dropped
+    first, then whole groups of four decode."""
+
     __slots__ = ("carry",)
 
     def __init__(self):
         self.carry = b""
 
     def feed(self, data: bytes, final: bool = False) -> bytes:
-        data = self.carry + data.translate(None, b" \t\r\n")
-        cut = len(data) if final else len(data) - len(data) % 4
-        self.carry = data[cut:]
-        data = data[:cut]
+        data = self.carry + data.translate(None, _NOT_BASE64)
+        cut = len(data) - len(data) % 4
+        self.carry = b"" if final else data[cut:]
+        tail = data[cut:] if final and len(data) % 4 > 1 else b""
+        data = data[:cut] + (tail + b"=" * (-len(tail) % 4) if tail else b"")
         if not data:
             return b""
         try:
-            return binascii.a2b_base64(data + (b"=" * (-len(data) % 4) if final else b""))
+            return binascii.a2b_base64(data)
         except (binascii.Error, ValueError):
-            cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
-            try:
-                return binascii.a2b_base64(cleaned[:len(cleaned) - len(cleaned) % 4])
-            except (binascii.Error, ValueError):
-                return b""
+            return b""
+
+
+_NOT_BASE64 = bytes(c for c in range(256)
+                    if not (chr(c).isascii() and (chr(c).isalnum() or chr(c) in "+/")))
 
 
 class _QuotedPrintable:

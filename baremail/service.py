@@ -98,6 +98,7 @@ class Session(asyncio.BufferedProtocol):
         self._paused = False        # pause() by the protocol glue, until resume()
         self._unfed = bytearray()   # input not yet fed: the client is behind with reading
         self._unfinished = 0        # octets received since the last line end (about)
+        self._eof = False           # the client shut down its side; close once answered
         self._holding = False       # replies are being collected for one write
         self._held: list[bytes] = []
         self._held_size = 0
@@ -167,7 +168,7 @@ class Session(asyncio.BufferedProtocol):
             self._last_activity = time.monotonic()
         if self.closed or self.engine is None:
             return
-        if not self._unfed and not self.backlogged and self.engine.intake(data) >= len(data):
+        if not (self._unfed or self._paused or self.backlogged) and self.engine.intake(data) >= len(data):
             self._holding = True
             try:
                 self.perform(self.engine.receive(data))   # the usual case, without copying
@@ -204,6 +205,7 @@ class Session(asyncio.BufferedProtocol):
             if outer:
                 self._release()
         self._set_reading()
+        self._close_after_eof()
 
     def _feedable(self) -> bool:
         return bool(self._unfed) and not (self.closed or self.backlogged or self._paused)
@@ -231,7 +233,17 @@ class Session(asyncio.BufferedProtocol):
         await self._writable.wait()
 
     def eof_received(self):
-        return False  # close our side too: a half-closed client is done
+        # A half-closed client is done, but may still be owed answers: a
+        # transaction pipelined whole, then shut down, still gets its 250
+        # (closing first would leave it a message it believes failed).
+        if self._paused or self._unfed:
+            self._eof = True
+            return True
+        return False
+
+    def _close_after_eof(self) -> None:
+        if self._eof and not self._paused and not self._unfed:
+            self.close()
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -280,24 +292,27 @@ class Session(asyncio.BufferedProtocol):
             self.transport.close()
 
     def pause(self) -> None:
-        """Feed the engine nothing more until resume() (work under way)."""
+        """Feed the engine nothing more until resume() (work under way).
+
+        Reading goes on until input actually arrives meanwhile (then it
+        waits in _unfed, and the transport stops reading): a client that
+        waits for its reply, as most do, costs no epoll changes at all."""
         self._paused = True
-        self._set_reading()
 
     def resume(self) -> None:
         self._paused = False
         self._set_reading()
-        if self._unfed:
+        if self._unfed or self._eof:
             # Later, not now: the caller may still have events of the
             # engine to perform, which come before this input.
             asyncio.get_running_loop().call_soon(self._feed_unfed)
 
     def _set_reading(self) -> None:
-        # Read while neither the glue (pause) nor a backed-up client
-        # (pause_writing) says otherwise, and all that was read is fed.
-        if self.closed or self.transport is None:
+        # Read while the client is not behind with our replies
+        # (pause_writing) and all that was read is fed.
+        if self.closed or self.transport is None or self._eof:
             return
-        if self._paused or not self._writable.is_set() or self._unfed:
+        if not self._writable.is_set() or self._unfed:
             self.transport.pause_reading()
         else:
             self.transport.resume_reading()
