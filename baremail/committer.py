@@ -1,4 +1,4 @@
-"""Durable commits off the event loop: the one thread that fsyncs.
+"""Durable commits off the event loop: one thread commits, a few help it fsync.
 
 smtpd hands it every message of an SMTP DATA, imapd every APPEND: both go
 through Maildir.commit_all(), the one durable delivery path.
@@ -7,12 +7,18 @@ through Maildir.commit_all(), the one durable delivery path.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 
 from .maildir import Delivery, MaildirError
 
 log = logging.getLogger("baremail")
+
+# fsyncs of one batch in flight together: on ext4 four together commit
+# about 1.7 times as many files per second as one after another; more add
+# nothing there and cost thread handoffs.
+_FSYNC_THREADS = 4
 
 
 class Committer:
@@ -23,7 +29,8 @@ class Committer:
     event loop hears of a whole batch through one wake-up. One thread, not
     one per session: threads that each wake up for a few system calls spend
     more time handing the GIL to each other (futex calls, in the kernel)
-    than the disk takes."""
+    than the disk takes. Only a batch's fsyncs, which wait for the disk,
+    go to a few helper threads at once."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
@@ -31,6 +38,7 @@ class Committer:
         self._waiting = threading.Condition(self._lock)
         self._queue: list = []
         self._thread: threading.Thread | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def commit(self, delivery: Delivery, done) -> None:
         """Commit `delivery` soon; then `done(key or MaildirError)` runs on the loop."""
@@ -41,6 +49,17 @@ class Committer:
                 self._thread.start()
             else:
                 self._waiting.notify()
+
+    def _each(self, count: int):
+        # A lone message gains nothing from helpers. A batch has its
+        # fsyncs issued together (they release the GIL): the file system
+        # then commits them in shared journal transactions.
+        # Only the committing thread gets here: no lock needed.
+        if count < 2:
+            return map
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(_FSYNC_THREADS, "fsync")
+        return self._pool.map
 
     def _run(self) -> None:
         while True:
@@ -54,7 +73,7 @@ class Committer:
                 by_maildir.setdefault(delivery.maildir, []).append(delivery)
             for maildir, deliveries in by_maildir.items():
                 try:
-                    results = maildir.commit_all(deliveries)
+                    results = maildir.commit_all(deliveries, self._each(len(deliveries)))
                 except Exception as exc:   # a bug; still answer every client
                     log.exception("committing %d message(s) failed", len(deliveries))
                     results = [MaildirError(f"cannot store a message: {exc}")] * len(deliveries)

@@ -297,6 +297,14 @@ class Delivery:
             pass
 
 
+def _finish(delivery: Delivery) -> MaildirError | None:
+    try:
+        delivery.finish()
+    except MaildirError as exc:
+        return exc
+    return None
+
+
 def to_wire(data: bytes) -> bytes:
     """A whole stored message (or its start) in wire form: every LF not
     preceded by CR becomes CRLF."""
@@ -743,12 +751,17 @@ class Maildir:
             return [error] * len(keys)
         return keys
 
-    def commit_all(self, deliveries: list) -> list:
+    def commit_all(self, deliveries: list, each=map) -> list:
         """Commit deliveries of this Maildir: the one path every commit
         takes, Delivery.commit() included. Every message written, their
         writeback started (for a batch), each fsync'd and renamed, then
         one fsync per directory for the batch. Returns, per delivery, its
-        key or the MaildirError it failed with."""
+        key or the MaildirError it failed with.
+
+        `each(function, items)` runs the per-message fsyncs: the committer
+        passes a thread pool's map for a batch, because fsyncs issued
+        together share the file system's journal commits where fsyncs one
+        after another each wait for their own."""
         outcomes: list = [None] * len(deliveries)
         for index, delivery in enumerate(deliveries):
             try:
@@ -759,14 +772,13 @@ class Maildir:
             for index, delivery in enumerate(deliveries):
                 if outcomes[index] is None:
                     delivery.start_writeback()
+        pending = [index for index, outcome in enumerate(outcomes) if outcome is None]
         finished = []
-        for index, delivery in enumerate(deliveries):
-            if outcomes[index] is None:
-                try:
-                    delivery.finish()
-                    finished.append(index)
-                except MaildirError as exc:
-                    outcomes[index] = exc
+        for index, error in zip(pending, each(_finish, [deliveries[i] for i in pending])):
+            if error is None:
+                finished.append(index)
+            else:
+                outcomes[index] = error
         if finished:
             for index, outcome in zip(finished, self.publish([deliveries[i] for i in finished])):
                 outcomes[index] = outcome
