@@ -598,6 +598,22 @@ def measure_start(plan: dict) -> dict:
     return results
 
 
+# What the interpreter and BareMail's dependencies alone occupy: the floor
+# under the idle RSS rows. ssl is blocked as baremail's entry point does.
+RSS_FLOORS = {
+    "python_bare": "pass",
+    "python_asyncio": "import sys; sys.modules['ssl'] = None; import asyncio",
+    "python_floor": "import sys; sys.modules['ssl'] = None; import asyncio; "
+                    "from systemd import daemon, journal; import sdnotify",
+}
+
+
+def import_rss_kb(code: str) -> int:
+    report = "print(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
+    return int(subprocess.run(["python3", "-c", f"{code}\n{report}"], check=True,
+                              capture_output=True, text=True).stdout)
+
+
 def measure_idle_rss(plan: dict) -> dict:
     for server in SMTP:
         empty_maildir(MAILDIR[server])
@@ -605,6 +621,10 @@ def measure_idle_rss(plan: dict) -> dict:
     for _ in range(plan["repetitions"]):
         for name, value in idle_rss_once().items():
             runs.setdefault(name, []).append(value)
+        for name, code in RSS_FLOORS.items():
+            runs.setdefault(name, []).append({"rss_kb": import_rss_kb(code), "processes": 1})
+    for name in RSS_FLOORS:
+        say(f"RSS of {name}: {statistics.median(v['rss_kb'] for v in runs[name]) / 1024:.1f} MB")
     return {name: {**summary([value["rss_kb"] for value in values]),
                    "processes": [value["processes"] for value in values]}
             for name, values in runs.items()}

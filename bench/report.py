@@ -75,7 +75,7 @@ def render(results: dict) -> str:
     table = Table()
     smtp = results.get("smtp")
     if smtp:
-        for sessions, goal in (("10", 1.5), ("1", 1.2), ("50", 1.2)):
+        for sessions, goal in (("10", 2.0), ("1", 1.5), ("50", 2.0)):
             row = smtp[sessions]
             better = max(("postfix", "aiosmtpd"), key=lambda name: row[name]["median"])
             ratio = row["baremail"]["median"] / row[better]["median"]
@@ -97,11 +97,12 @@ def render(results: dict) -> str:
         ratio = row["baremail"]["median"] / row["dovecot"]["median"]
         table.add(f"POP3 RETR {count:,} × 2 KB, pipelined in batches of 50, msg/s",
                   _spread(row["baremail"]), f"Dovecot {_spread(row['dovecot'])}",
-                  f"{ratio:.2f}", "≥ 1.0 × Dovecot", ratio >= 1.0)
+                  f"{ratio:.2f}", "≥ 1.2 × Dovecot", ratio >= 1.2)
         row = pop3["retr_small_poplib"]
+        ratio = row["baremail"]["median"] / row["dovecot"]["median"]
         table.add("… the same with a plain poplib client (one RETR at a time), msg/s",
                   _spread(row["baremail"]), f"Dovecot {_spread(row['dovecot'])}",
-                  _ratio(row["baremail"]["median"], row["dovecot"]["median"]), "(for comparison)", None)
+                  f"{ratio:.2f}", "≥ 1.0 × Dovecot", ratio >= 1.0)
         count = results["plan"]["pop3_large"]
         row = pop3["retr_large"]
         ratio = row["baremail"]["median"] / row["dovecot"]["median"]
@@ -122,29 +123,40 @@ def render(results: dict) -> str:
         imap_rows(table, imap, results["plan"])
     start = results.get("start")
     if start:
-        floor = start["import_floor"]["median"]
+        # The issue's yardstick is the floor program socket-activated under the same sandbox
+        # as BareMail's units; older result files only have the bare import floor.
+        sandboxed = "floor_sandboxed" in start
+        floor = start["floor_sandboxed" if sandboxed else "import_floor"]
         for name in ("smtp", "pop3"):
             ours = start[f"baremail_{name}"]
-            ratio = ours["median"] / floor
-            table.add(f"cold start baremail-{name}: connect → greeting, ms", _spread(ours, 1000, 1),
-                      f"import floor (python3 -c 'import asyncio, systemd.daemon, systemd.journal, "
-                      f"sdnotify') {_spread(start['import_floor'], 1000, 1)}",
-                      f"{ratio:.2f}", "≤ 1.3 × import floor", ratio <= 1.3)
-        if "floor_plain" in start:
-            table.add("… the floor program itself socket-activated, ms: plain unit / under BareMail's sandbox",
-                      "", f"{_spread(start['floor_plain'], 1000, 1)} / {_spread(start['floor_sandboxed'], 1000, 1)}",
-                      _ratio(start["baremail_smtp"]["median"], start["floor_sandboxed"]["median"])
-                      + " (smtp vs sandboxed floor)", "(explains the row above)", None)
+            ratio = ours["median"] / floor["median"]
+            table.add(f"cold start baremail-{name}: connect → greeting, socket-activated, ms",
+                      _spread(ours, 1000, 1),
+                      ("floor program (imports asyncio, systemd.daemon, systemd.journal, sdnotify; greets) "
+                       "under BareMail's sandbox " if sandboxed else "import floor ")
+                      + _spread(floor, 1000, 1),
+                      f"{ratio:.2f}", "≤ 1.0 × sandboxed floor" if sandboxed else "≤ 1.0 × floor",
+                      ratio <= 1.0)
+        if sandboxed:
+            table.add("… the floor program as a plain unit (no sandbox) / bare imports in a shell, ms", "",
+                      f"{_spread(start['floor_plain'], 1000, 1)} / {_spread(start['import_floor'], 1000, 1)}",
+                      "", "(explains the row above)", None)
     rss = results.get("idle_rss")
     if rss:
-        dovecot = rss["dovecot"]["median"]
         for name in ("baremail-smtp", "baremail-pop3"):
-            ratio = rss[name]["median"] / dovecot
-            table.add(f"idle RSS of {name} after one session, MB", _spread(rss[name], 1 / 1024, 1),
+            ratio = rss[name]["median"] / rss["dovecot"]["median"]
+            table.add(f"idle RSS of {name} after one session (its one process), MB",
+                      _spread(rss[name], 1 / 1024, 1),
                       f"Dovecot {_spread(rss['dovecot'], 1 / 1024, 1)} ({rss['dovecot']['processes'][0]} processes); "
                       f"aiosmtpd {_spread(rss['aiosmtpd'], 1 / 1024, 1)}; Postfix "
                       f"{_spread(rss['postfix'], 1 / 1024, 1)} ({rss['postfix']['processes'][0]} processes)",
-                      f"{ratio:.2f} (vs Dovecot)", "≤ Dovecot", ratio <= 1.0)
+                      f"{ratio:.2f} (vs Dovecot)", "≤ 15 MB", rss[name]["median"] <= 15 * 1024)
+        if "python_floor" in rss:
+            table.add("… floor: python3 importing asyncio (ssl blocked), systemd.daemon, systemd.journal, "
+                      "sdnotify / asyncio alone / python3 itself, MB", "",
+                      " / ".join(_spread(rss[name], 1 / 1024, 1)
+                                 for name in ("python_floor", "python_asyncio", "python_bare")),
+                      "", "(explains the rows above)", None)
     idle = results.get("idle_sessions")
     if idle:
         count = results["plan"]["idle_sessions"]
