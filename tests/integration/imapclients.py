@@ -283,6 +283,8 @@ def run(argv, env, recorder: Recorder | None = None, ok=(0,), timeout: float = C
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"{argv[0]} did not finish in {timeout} s\n{explain(exc, recorder)}") from None
     assert done.returncode in ok, f"{argv[0]} exited {done.returncode}\n{explain(done, recorder)}"
+    # Captured by pytest; `pytest -rP` shows what each client printed.
+    print(f"$ {os.path.basename(str(argv[0]))} (exit {done.returncode})\n{explain(done)}")
     return done
 
 
