@@ -453,6 +453,8 @@ class Server:
         self.counters: dict[str, int] = {}
         self.notify = Notifier()
         self.stopping = False
+        self._opening = False       # the sockets are being set up
+        self._stop_pending = False  # SIGTERM came while they were
         self._servers: list[asyncio.AbstractServer] = []
         self._done: asyncio.Future | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -565,6 +567,9 @@ class Server:
         # So a restart costs clients latency, not errors.
         if self.stopping:
             return
+        if self._opening:
+            self._stop_pending = True   # serve() stops once every socket is open
+            return
         self.stopping = True
         self.notify("STOPPING=1")
         for server in self._servers:
@@ -657,18 +662,28 @@ class Server:
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
+        # Handlers first: the first socket accepts connections while the
+        # next is being set up, and a SIGTERM then (systemctl restart of a
+        # starting service) must drain them, not kill the process by
+        # default action.
+        loop.add_signal_handler(signal.SIGTERM, self._begin_stop)
+        loop.add_signal_handler(signal.SIGINT, self._begin_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        self._opening = True
         try:
             await self._open(loop, self._listen(self.config))
         except OSError as exc:
             log.error("cannot listen: %s", exc)
             return EX_OSERR
-        loop.add_signal_handler(signal.SIGTERM, self._begin_stop)
-        loop.add_signal_handler(signal.SIGINT, self._begin_stop)
-        loop.add_signal_handler(signal.SIGHUP, self._reload)
-        self._start_watchdog()
-        self.notify("READY=1\nSTATUS=" + self.status_text())
-        if not self.sessions and not self._single:
-            self._arm_idle()
+        finally:
+            self._opening = False
+        if self._stop_pending:
+            self._begin_stop()   # systemd is stopping us already: no READY
+        else:
+            self._start_watchdog()
+            self.notify("READY=1\nSTATUS=" + self.status_text())
+            if not self.sessions and not self._single:
+                self._arm_idle()
         await self._done
         for server in self._servers:
             server.close()
