@@ -11,6 +11,7 @@ configuration on SIGHUP. What a session *does* lives in the protocol glue
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -39,6 +40,8 @@ _HELD_MAX = 64 * 1024   # replies held back to go out in one write (see write())
 # connection must not hold up a restart until stop_timeout.
 _DRAIN_QUIET = 1.0
 _DRAIN_TICK = 0.1
+_ACCEPTS_PER_TURN = 64   # connections accepted from one socket before others get a turn
+_ACCEPT_RETRY = 1.0      # seconds without accepting after running out of descriptors
 
 
 class _ReceiveBuffer:
@@ -301,6 +304,9 @@ class Session(asyncio.BufferedProtocol):
 
     def resume(self) -> None:
         self._paused = False
+        # The client waited for this work (a commit, a long RETR): its
+        # silence, for the timeouts and a draining stop, counts from now.
+        self._last_activity = time.monotonic()
         self._set_reading()
         if self._unfed or self._eof:
             # Later, not now: the caller may still have events of the
@@ -455,7 +461,8 @@ class Server:
         self.stopping = False
         self._opening = False       # the sockets are being set up
         self._stop_pending = False  # SIGTERM came while they were
-        self._servers: list[asyncio.AbstractServer] = []
+        self._listeners: list[socket.socket] = []
+        self._arriving: set[asyncio.Task] = set()   # accepted, their sessions not made yet
         self._done: asyncio.Future | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._status_pending = False
@@ -572,8 +579,7 @@ class Server:
             return
         self.stopping = True
         self.notify("STOPPING=1")
-        for server in self._servers:
-            server.close()
+        self._stop_listening()
         if self.sessions:
             grace = self.config.stop_timeout
             log.info("stopping: serving %d open session(s) to their end, for at most %g s",
@@ -585,7 +591,7 @@ class Server:
         asyncio.get_running_loop().call_later(_DRAIN_TICK, self._drain)
 
     def _drain(self) -> None:
-        if not self.sessions:
+        if not self.sessions and not self._arriving:
             self._finish()
             return
         for session in list(self.sessions):
@@ -642,9 +648,7 @@ class Server:
             for sock, name in passed:
                 sock.setblocking(False)
                 if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                    server = await loop.create_server(lambda name=name: factory(self, name), sock=sock,
-                                                      backlog=1024)
-                    self._servers.append(server)
+                    self._listen_on(loop, sock, name)
                     log.debug("serving on %s (%s)", _format_peer(sock.getsockname()), name)
                 else:
                     # Accept=yes: systemd accepted the connection for us.
@@ -652,12 +656,64 @@ class Server:
                     await loop.connect_accepted_socket(lambda name=name: factory(self, name), sock=sock)
             return
         for address in addresses:
-            host, port = configuration.parse_address(address)
-            server = await loop.create_server(lambda address=address: factory(self, address),
-                                              host=host or None, port=port, reuse_address=True,
-                                              backlog=1024)
-            self._servers.append(server)
+            for sock in _bind(address):
+                self._listen_on(loop, sock, address)
             log.info("listening on %s", address)
+
+    # The runtime accepts connections itself rather than through
+    # loop.create_server(): asyncio's Server.close() makes every connection
+    # it accepted in the same turn but has not yet given a protocol fail
+    # without a word (the client sees the connection closed before the
+    # greeting), and a restart under load always has some. Here a stop
+    # only stops accepting; what was accepted becomes a session and drains.
+
+    def _listen_on(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, name: str) -> None:
+        sock.setblocking(False)
+        self._listeners.append(sock)
+        loop.add_reader(sock.fileno(), self._accept, loop, sock, name)
+
+    def _accept(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, name: str) -> None:
+        for _ in range(_ACCEPTS_PER_TURN):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue   # the client gave up before we got to it
+                # Out of descriptors (EMFILE) or memory: trying again at
+                # once would spin; the connections wait in the backlog.
+                log.warning("cannot accept connections on %s for %g s: %s", name, _ACCEPT_RETRY,
+                            exc.strerror)
+                loop.remove_reader(sock.fileno())
+                loop.call_later(_ACCEPT_RETRY, self._resume_accepting, loop, sock, name)
+                return
+            # Held here too: the loop keeps only weak references to tasks.
+            task = loop.create_task(self._arrive(loop, conn, name))
+            self._arriving.add(task)
+            task.add_done_callback(self._arriving.discard)
+
+    def _resume_accepting(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, name: str) -> None:
+        if not self.stopping and sock.fileno() >= 0:
+            loop.add_reader(sock.fileno(), self._accept, loop, sock, name)
+
+    async def _arrive(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, name: str) -> None:
+        factory = self._session_factory
+        try:
+            await loop.connect_accepted_socket(lambda: factory(self, name), sock=conn)
+        except OSError as exc:   # reset by the client before it was served
+            log.debug("connection on %s lost before its session began: %s", name, exc)
+            conn.close()
+
+    def _stop_listening(self) -> None:
+        # The sockets systemd passed stay open in systemd: connections that
+        # arrive from now on wait there for the next instance.
+        loop = asyncio.get_running_loop()
+        for sock in self._listeners:
+            if sock.fileno() >= 0:
+                loop.remove_reader(sock.fileno())
+                sock.close()
+        self._listeners = []
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
@@ -685,8 +741,7 @@ class Server:
             if not self.sessions and not self._single:
                 self._arm_idle()
         await self._done
-        for server in self._servers:
-            server.close()
+        self._stop_listening()
         return EX_OK
 
     def run(self) -> int:
@@ -695,6 +750,32 @@ class Server:
             return asyncio.run(self.serve())
         except KeyboardInterrupt:
             return EX_OK
+
+
+def _bind(address: str) -> list[socket.socket]:
+    """Listening sockets for a host:port of the configuration (every
+    address the host name has; all interfaces for an empty host)."""
+    host, port = configuration.parse_address(address)
+    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets = []
+    try:
+        for family, kind, proto, _, where in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # Each family its own socket, as getaddrinfo lists both for "".
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(where)
+            except OSError as exc:
+                raise OSError(exc.errno, f"{address}: {exc.strerror}") from None
+            sock.listen(1024)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def _room_for_sessions(sessions: int) -> None:

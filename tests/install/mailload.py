@@ -60,8 +60,12 @@ class Load:
     def smtp(self, client: int):
         while (ident := self.next_id("smtp", client)) is not None:
             started = time.monotonic()
+            step = "connect"   # where a failure happened: says which stage of the server lost it
             try:
                 with smtplib.SMTP("127.0.0.1", self.args.smtp_port, timeout=60) as session:
+                    step = "ehlo"
+                    session.ehlo()
+                    step = "transaction"
                     session.sendmail("load@test", ["root@localhost"], body(ident))
                 outcome, detail = "ack", ""
             except ConnectionRefusedError as exc:
@@ -73,6 +77,8 @@ class Load:
                 outcome, detail = "timeout", repr(exc)
             except (smtplib.SMTPException, OSError) as exc:
                 outcome, detail = "dropped", repr(exc)
+            if outcome != "ack":
+                detail = f"at {step}, {time.time():.3f}: {detail}"
             self.record(ident, "smtp", outcome, detail, time.monotonic() - started)
 
     def sendmail(self, client: int):

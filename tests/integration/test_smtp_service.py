@@ -296,6 +296,57 @@ def test_sigterm_ends_a_transaction_that_stalls_at_stop_timeout(start_service):
     assert not (service.maildir / "new").exists() or stored_messages(service.maildir) == []
 
 
+# baremail-smtp with one change: the stop begins right after its first
+# accept(), before any of the connections it accepted has a session: the
+# worst moment a SIGTERM (systemctl restart under load) can come.
+STOP_AT_FIRST_ACCEPT = """
+import sys
+from baremail import cli, service
+accept = service.Server._accept
+def accept_then_stop(self, *args):
+    accept(self, *args)
+    self._begin_stop()
+service.Server._accept = accept_then_stop
+sys.exit(cli.smtp_main(sys.argv[1:]))
+"""
+
+
+def test_every_connection_accepted_as_a_stop_begins_is_greeted(tmp_path):
+    # Each connection the service accepted becomes a session and is greeted
+    # (then told 421 by the drain), never closed without a word, which a
+    # client sees as a failed delivery ("Connection unexpectedly closed"):
+    # asyncio's own Server.close() did that to connections it had accepted
+    # in the same turn.
+    port = free_port()
+    config = tmp_path / "smtp.conf"
+    config.write_text(f"[baremail]\nmaildir = {tmp_path / 'Maildir'}\nhostname = test.example\n")
+    log = open(tmp_path / "smtp.log", "wb")
+    process = subprocess.Popen(
+        ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "-E", "PYTHONPATH",
+         PYTHON, "-c", STOP_AT_FIRST_ACCEPT, "--config", str(config)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log, stderr=log, start_new_session=True)
+    clients = []
+    try:
+        deadline = time.monotonic() + 10
+        while b"Listening on" not in (tmp_path / "smtp.log").read_bytes():
+            assert process.poll() is None and time.monotonic() < deadline, "systemd-socket-activate did not listen"
+            time.sleep(0.02)
+        # All in the backlog before the program even starts (at the first one).
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(40)]
+        heard = [recv_until(client, b"421", timeout=15) for client in clients]
+        assert process.wait(15) == 0
+    finally:
+        for client in clients:
+            client.close()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+    silent = [words for words in heard if not words.startswith(b"220 ")]
+    assert not silent, f"{len(silent)} of {len(heard)} connections closed without a greeting"
+    assert all(b"421 4.3.2" in words for words in heard)
+
+
 def test_command_timeout_closes_with_421(start_service):
     service = start_service("smtp", **{"smtp.command_timeout": 1})
     with service.connect() as sock:
