@@ -40,7 +40,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from functools import partial
 from operator import itemgetter
-from typing import Iterable
+from typing import Iterable, Iterator
 
 TMP_MAX_AGE = 36 * 3600  # the Maildir convention's grace period for tmp/
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -845,6 +845,26 @@ class Maildir:
         self._moved = {}
         return [message for _, message in found]
 
+    def scan(self) -> Iterator[Message]:
+        """Every message in cur/, then new/, in no particular order, as the
+        directories are read: unlike snapshot(), nothing is kept, so memory
+        stays flat however big the folder is (baremail-expire). A message
+        moved from new/ to cur/ meanwhile may be missed, never seen twice."""
+        for prefix in (self._cur_prefix, self._new_prefix):
+            try:
+                entries = os.scandir(prefix)
+            except OSError as exc:
+                raise _error("list", exc) from None
+            with entries:
+                for entry in entries:
+                    name = entry.name
+                    if name[:1] == ".":
+                        continue
+                    key, _, info = name.partition(":")
+                    size = _wire_size(key, prefix + name)
+                    if size is not None:
+                        yield Message(key, size, prefix + name, info[2:] if info[:2] == "2," else "")
+
     @staticmethod
     def _measure(path: str) -> int | None:
         # A file without ,W= came from another program: count its wire size.
@@ -1202,6 +1222,23 @@ class Maildir:
         self._moved[message.key] = None
         self._dates.pop(message.key, None)
         return True
+
+    def discard(self, message: Message) -> bool:
+        """remove() for removals by the thousand (baremail-expire): nothing
+        is remembered per message, and a message renamed since it was listed
+        is looked for only under the names it most likely has now (in cur/,
+        seen), never by listing the folder again. False if it is not found:
+        gone, or renamed otherwise (flagged meanwhile, say): it stays."""
+        key = message.key
+        for path in (message.path, self._new_prefix + key, f"{self._cur_prefix}{key}:2,{message.flags}",
+                     f"{self._cur_prefix}{key}:2,{''.join(sorted(set(message.flags + 'S')))}"):
+            try:
+                self._unlink_at(path, False)
+            except FileNotFoundError:
+                continue
+            self._dates.pop(key, None)
+            return True
+        return False
 
     def clean_tmp(self, max_age: float = TMP_MAX_AGE) -> int:
         """Remove files left in tmp/ by deliveries that died; returns how many."""

@@ -82,25 +82,35 @@ def test_a_count_limit_leaves_exactly_the_newest_plus_the_flagged(tmp_path):
     print(f"baremail-expire: 20,000 messages, count limit 1,000: {took:.2f} s, peak RSS {rss / 1024:.1f} MiB")
 
 
-def test_a_100000_message_maildir_expires_in_seconds_with_memory_bounded(tmp_path, record_property):
-    maildir = tmp_path / "Maildir"
+def _cur_filled(maildir, count: int) -> None:
     box = Maildir(str(maildir), "test.example")
     box.close()
     # Files written straight into cur/ (no fsync): the run is what is measured.
-    names = []
-    for n in range(100_000):
+    for n in range(count):
         name = f"{1_700_000_000 + n}.M{n % 1_000_000:06d}P1Q{n}R0.test.example,S=40,W=42:2,S"
         with open(maildir / "cur" / name, "wb") as handle:
             handle.write(b"Subject: %d\n\nbody of message %d\n" % (n, n))
-        names.append(name)
-    code, out, err, took, rss = expire(tmp_path, maildir, max_messages=10_000)
+
+
+def test_a_100000_message_maildir_expires_in_seconds_with_memory_flat(tmp_path, record_property):
+    small, big = tmp_path / "small", tmp_path / "big"
+    small.mkdir()
+    big.mkdir()
+    _cur_filled(small / "Maildir", 1_000)
+    _cur_filled(big / "Maildir", 100_000)
+    code, out, err, took_small, rss_small = expire(small, small / "Maildir", max_messages=100)
     assert code == 0, err
-    assert len(os.listdir(maildir / "cur")) == 10_000
+    code, out, err, took, rss = expire(big, big / "Maildir", max_messages=10_000)
+    assert code == 0, err
+    assert len(os.listdir(big / "Maildir" / "cur")) == 10_000
+    assert len(os.listdir(small / "Maildir" / "cur")) == 100
     record_property("expire_100k_seconds", round(took, 2))
     record_property("expire_100k_peak_rss_mib", round(rss / 1024, 1))
-    print(f"baremail-expire: 100,000 messages, 90,000 removed in {took:.2f} s, peak RSS {rss / 1024:.1f} MiB")
+    print(f"baremail-expire: 100,000 messages, 90,000 removed in {took:.2f} s, peak RSS {rss / 1024:.1f} MiB; "
+          f"1,000 messages, 900 removed: {took_small:.2f} s, peak RSS {rss_small / 1024:.1f} MiB")
     assert took < 30
-    assert rss < 120 * 1024
+    # Flat: a hundred times the messages, (about) the same memory.
+    assert rss - rss_small < 4 * 1024, (rss_small, rss)
 
 
 def test_an_idling_imap_session_sees_the_removals_and_pop3_finishes_normally(start_service, tmp_path):
