@@ -606,13 +606,14 @@ class IMAPSession:
         self._storage(command.tag, "DELETE", self._store.delete, command.mailbox)
 
     def _rename(self, command) -> None:
-        if command.mailbox == "INBOX":
-            self._tagged(command.tag, "NO [CANNOT] INBOX cannot be renamed here: it is the mail SMTP delivers")
-            return
         if command.new_name.upper() == "INBOX":
             self._tagged(command.tag, "NO [ALREADYEXISTS] INBOX always exists")
             return
-        if self._mailbox is not None and self._mailbox.name == command.mailbox:
+        # Renaming INBOX moves its messages out and leaves it, empty
+        # (RFC 3501 6.3.5): a session that has it selected stays in it and
+        # hears the EXPUNGEs as for any other removal.
+        if (command.mailbox != "INBOX" and self._mailbox is not None
+                and self._mailbox.name == command.mailbox):
             self._deselect()
         self._storage(command.tag, "RENAME", self._store.rename, command.mailbox, command.new_name)
 

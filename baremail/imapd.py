@@ -586,6 +586,9 @@ class Store:
     def rename(self, old: str, new: str) -> None:
         if self.exists(new):
             raise StoreError("ALREADYEXISTS", f"There is a mailbox {new!r} already")
+        if old == "INBOX":
+            self._rename_inbox(new)
+            return
         try:
             self.root.rename_folder(old, new)
         except MaildirError as exc:
@@ -597,6 +600,26 @@ class Store:
         if moved:
             self._write_subscriptions((subscribed - moved) | {new + name[len(old):] for name in moved})
         log.info("renamed folder %s to %s", old, new, extra=fields(FOLDER=new, PEER=self._session.peer))
+
+    def _rename_inbox(self, new: str) -> None:
+        # RFC 3501 6.3.5: every message in INBOX moves to a new mailbox of
+        # that name, and INBOX stays, empty (SMTP goes on delivering there);
+        # INBOX's own subfolders stay where they are. Each message is one
+        # rename(2) (Maildir.move_to): none is ever in both or neither.
+        try:
+            folder = self.root.create_folder(new)
+        except MaildirError as exc:
+            code = "ALREADYEXISTS" if "already exists" in str(exc) else "CANNOT"
+            raise StoreError(code, str(exc)) from None
+        try:
+            moved = self.root.move_to(self.root.snapshot(), folder)
+        except MaildirError as exc:
+            raise StoreError("CANNOT", str(exc)) from None
+        finally:
+            folder.close()
+        count = sum(key is not None for key in moved)
+        log.info("renamed INBOX to %s: %d messages moved there, INBOX empty", new, count,
+                 extra=fields(FOLDER=new, PEER=self._session.peer))
 
     def subscriptions(self) -> set:
         try:

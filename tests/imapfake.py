@@ -255,6 +255,13 @@ class FakeStore:
             raise StoreError("NONEXISTENT", "No such mailbox")
         if new in self.folders_by_name:
             raise StoreError("ALREADYEXISTS", "Mailbox exists")
+        if old == "INBOX":   # its messages move; INBOX stays, empty
+            self.create(new)
+            inbox, dest = self.folders_by_name["INBOX"], self.folders_by_name[new]
+            for uid, entry in sorted(inbox.entries.items()):
+                dest.add(entry.data, entry.flags, entry.date, recent=False)
+                inbox.remove(uid)
+            return
         folder = self.folders_by_name.pop(old)
         folder.name = new
         self.folders_by_name[new] = folder

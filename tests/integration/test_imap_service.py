@@ -195,6 +195,35 @@ def test_append_is_stored_durably_with_flags_and_date_and_comes_back(services):
     client.logout()
 
 
+def test_rename_inbox_moves_its_messages_and_leaves_it_empty(services):
+    # RFC 3501 6.3.5; another session with INBOX selected hears EXPUNGE.
+    smtp, imap_service, _ = services
+    deliver(smtp, message(1), message(2), message(3))
+    client, watcher = imap(imap_service), imap(imap_service)
+    assert watcher.select("INBOX") == ("OK", [b"3"])
+    client.select("INBOX")
+    client.store("2", "+FLAGS", "(\\Flagged)")
+    client.create("Archives.Child")
+    assert client.rename("INBOX", "Archives.Child")[0] == "NO"   # exists
+    typ, data = client.rename("INBOX", '"Old mail"')
+    assert typ == "OK", data
+    assert client.status("INBOX", "(MESSAGES)")[1] == [b'"INBOX" (MESSAGES 0)']
+    assert client.status('"Old mail"', "(MESSAGES)")[1] == [b'"Old mail" (MESSAGES 3)']
+    watcher.noop()
+    assert watcher.response("EXPUNGE") == ("EXPUNGE", [b"3", b"2", b"1"])
+    assert watcher.select("INBOX") == ("OK", [b"0"])
+    client.select('"Old mail"')
+    typ, data = client.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    subjects = [item[1].strip() for item in data if isinstance(item, tuple)]
+    assert subjects == [b"Subject: job 1 done", b"Subject: job 2 done", b"Subject: job 3 done"]
+    assert b"\\Flagged" in data[2][0] and b"\\Flagged" not in data[0][0]
+    # New mail goes on arriving in INBOX.
+    deliver(smtp, message(4))
+    assert client.status("INBOX", "(MESSAGES)")[1] == [b'"INBOX" (MESSAGES 1)']
+    client.logout()
+    watcher.logout()
+
+
 def test_a_100_mb_body_streams_with_memory_flat(services):
     smtp, imap_service, _ = services
     line = b"x" * 998 + b"\r\n"

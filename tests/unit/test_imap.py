@@ -219,7 +219,12 @@ def test_create_list_rename_delete_and_special_use():
     assert client.tagged('LIST (SPECIAL-USE) "" "*"')[:-1] == ['* LIST (\\HasNoChildren \\Sent) "." "Sent"',
                                                               '* LIST (\\HasNoChildren \\Trash) "." "Trash"']
     assert client.tagged("RENAME Sent Outbox")[-1] == "a OK RENAME completed"
-    assert client.tagged("RENAME INBOX Old")[-1].startswith("a NO")
+    client.store.inbox.add(PLAIN)
+    assert client.tagged("RENAME INBOX Old")[-1] == "a OK RENAME completed"
+    assert client.tagged("STATUS INBOX (MESSAGES)")[0] == '* STATUS "INBOX" (MESSAGES 0)'
+    assert client.tagged("STATUS Old (MESSAGES)")[0] == '* STATUS "Old" (MESSAGES 1)'
+    assert client.tagged("RENAME Old INBOX")[-1].startswith("a NO [ALREADYEXISTS]")
+    assert client.tagged("DELETE Old")[-1] == "a OK DELETE completed"
     assert client.tagged("DELETE Outbox")[-1] == "a OK DELETE completed"
     assert client.tagged("DELETE INBOX")[-1].startswith("a NO")
     assert client.tagged("DELETE Outbox")[-1].startswith("a NO [NONEXISTENT]")
