@@ -347,6 +347,49 @@ def test_every_connection_accepted_as_a_stop_begins_is_greeted(tmp_path):
     assert all(b"421 4.3.2" in words for words in heard)
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_descriptors_it_waits_without_spinning_and_serves_the_rest_later(smtp_service):
+    # The soft and hard limit on open files lowered under the running
+    # service: connections beyond it wait in the backlog (accept() gives
+    # EMFILE), the service neither spins nor dies, and serves them as soon
+    # as sessions end.
+    with smtp_service.connect() as first:
+        recv_until(first, b"220")
+        smtp_service.wait_ready()
+        pid = smtp_service.process.pid
+        in_use = len(os.listdir(f"/proc/{pid}/fd"))
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={in_use + 6}:{in_use + 6}"], check=True)
+        clients = [smtp_service.connect() for _ in range(12)]
+        try:
+            greeted = []
+            for client in clients[:6]:
+                assert recv_until(client, b"\r\n").startswith(b"220 ")
+                greeted.append(client)
+            waiting = clients[6:]
+            for client in waiting:
+                client.settimeout(0.3)
+                with pytest.raises(socket.timeout):
+                    client.recv(100)
+            before = _cpu_seconds(pid)
+            time.sleep(2)
+            assert _cpu_seconds(pid) - before < 0.5, "spinning on accept()"
+            for client in greeted:
+                client.sendall(b"QUIT\r\n")
+                assert b"221" in recv_until(client, b"221")
+            for client in waiting:
+                assert recv_until(client, b"\r\n", timeout=10).startswith(b"220 ")
+        finally:
+            for client in clients:
+                client.close()
+    assert "cannot accept connections on smtp" in smtp_service.log()
+    with smtp_service.connect() as later:
+        assert recv_until(later, b"\r\n").startswith(b"220 ")
+
+
 def test_command_timeout_closes_with_421(start_service):
     service = start_service("smtp", **{"smtp.command_timeout": 1})
     with service.connect() as sock:
