@@ -60,13 +60,19 @@ class Retrieve:
     If the message has vanished: send `missing_reply`, call retrieved(False).
     Otherwise: send `ok_reply`, the message's wire form through
     `MultilineEncoder(lines)` (which ends it with b".\\r\\n"), call
-    retrieved(True). `lines` is None for RETR, the body line count for TOP.
+    retrieved(True). `lines` is None for RETR, the body line count for TOP;
+    `number` is the message's number in the session.
     """
 
     message: object
     lines: int | None
     ok_reply: bytes
-    missing_reply: bytes
+    number: int
+
+    @property
+    def missing_reply(self) -> bytes:
+        # Made only when needed: the usual RETR finds its message.
+        return _reply("message_gone", number=self.number)
 
 
 @dataclass(frozen=True)
@@ -224,6 +230,10 @@ _REPLIES = {
 
 def _reply(name: str, **fields: object) -> bytes:
     return _REPLIES[name].format(**fields).encode("ascii") + b"\r\n"
+
+
+# RETR's reply is made for every message retrieved: one %-format of bytes.
+_RETR_OK = _REPLIES["retr_ok"].replace("{size}", "%d").encode("ascii") + b"\r\n"
 
 
 def _multiline(name: str, lines, **fields: object) -> bytes:
@@ -545,8 +555,7 @@ class POP3Session:
         index = self._message_index(args[0], out)
         if index is not None:
             message = self._messages[index]
-            ok_reply = _reply("retr_ok", size=message.size)
-            self._retrieve(index, None, ok_reply, out)
+            self._retrieve(index, None, _RETR_OK % message.size, out)
 
     def _do_top(self, args: list, out: Output) -> None:
         index = self._message_index(args[0], out)
@@ -562,7 +571,7 @@ class POP3Session:
             message=self._messages[index],
             lines=lines,
             ok_reply=ok_reply,
-            missing_reply=_reply("message_gone", number=index + 1),
+            number=index + 1,
         )
         self._busy = True
         out.event(self._retrieving)

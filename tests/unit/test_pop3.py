@@ -409,9 +409,10 @@ def test_retr_emits_retrieve_with_size_reply_and_stops():
             message=TWO,
             lines=None,
             ok_reply=b"+OK %d octets\r\n" % TWO.size,
-            missing_reply=b"-ERR message 2 was removed by another session\r\n",
+            number=2,
         )
     ]
+    assert events[0].missing_reply == b"-ERR message 2 was removed by another session\r\n"
     assert session.busy
 
 
@@ -489,8 +490,9 @@ def test_top_emits_retrieve_with_line_count():
         message=TWO,
         lines=1,
         ok_reply=b"+OK top of message follows\r\n",
-        missing_reply=b"-ERR message 2 was removed by another session\r\n",
+        number=2,
     )
+    assert event.missing_reply == b"-ERR message 2 was removed by another session\r\n"
 
 
 def test_top_sends_headers_blank_line_and_requested_body_lines():
