@@ -606,17 +606,13 @@ class Store:
         # that name, and INBOX stays, empty (SMTP goes on delivering there);
         # INBOX's own subfolders stay where they are. Each message is one
         # rename(2) (Maildir.move_to): none is ever in both or neither.
+        self.create(new)
         try:
-            folder = self.root.create_folder(new)
-        except MaildirError as exc:
-            code = "ALREADYEXISTS" if "already exists" in str(exc) else "CANNOT"
-            raise StoreError(code, str(exc)) from None
-        try:
+            folder = self.root.folder(new)
             moved = self.root.move_to(self.root.snapshot(), folder)
         except MaildirError as exc:
             raise StoreError("CANNOT", str(exc)) from None
-        finally:
-            folder.close()
+        folder.close()
         count = sum(key is not None for key in moved)
         log.info("renamed INBOX to %s: %d messages moved there, INBOX empty", new, count,
                  extra=fields(FOLDER=new, PEER=self._session.peer))

@@ -937,11 +937,7 @@ class Maildir:
             if known is not None:
                 guesses.append(known)
                 rescan = True   # if that fails, it changed since: look again
-        flags = message.flags
-        guesses.append(self._new_prefix + key)
-        guesses.append(f"{self._cur_prefix}{key}:2,{flags}")
-        if "S" not in flags:
-            guesses.append(f"{self._cur_prefix}{key}:2,{''.join(sorted(flags + 'S'))}")
+        guesses += self._likely_names(message)
         for path in guesses:
             if path not in tried:
                 tried.add(path)
@@ -954,6 +950,16 @@ class Maildir:
                 if known is None:
                     return
                 yield known
+
+    def _likely_names(self, message: Message) -> list:
+        """Where a message most likely is if not at its path: in new/, in
+        cur/ with the flags it had, and with S too (as a POP3 RETR or an
+        IMAP FETCH leaves it)."""
+        key, flags = message.key, message.flags
+        names = [self._new_prefix + key, f"{self._cur_prefix}{key}:2,{flags}"]
+        if "S" not in flags:
+            names.append(f"{self._cur_prefix}{key}:2,{''.join(sorted(flags + 'S'))}")
+        return names
 
     def _act(self, message: Message, act):
         """act(path, first) on the message's current file: its result, or
@@ -1229,14 +1235,12 @@ class Maildir:
         is looked for only under the names it most likely has now (in cur/,
         seen), never by listing the folder again. False if it is not found:
         gone, or renamed otherwise (flagged meanwhile, say): it stays."""
-        key = message.key
-        for path in (message.path, self._new_prefix + key, f"{self._cur_prefix}{key}:2,{message.flags}",
-                     f"{self._cur_prefix}{key}:2,{''.join(sorted(set(message.flags + 'S')))}"):
+        for path in dict.fromkeys([message.path, *self._likely_names(message)]):
             try:
                 self._unlink_at(path, False)
             except FileNotFoundError:
                 continue
-            self._dates.pop(key, None)
+            self._dates.pop(message.key, None)
             return True
         return False
 
